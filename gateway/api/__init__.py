@@ -1,0 +1,1 @@
+"""The OpenAI surface: parsing, auth, answers, errors and streaming."""

@@ -1,0 +1,295 @@
+"""The OpenAI request on the wire -> ImageRequest, with a 400 naming the parameter for
+anything malformed.
+
+Generations arrive as JSON (SDKs send null for unset fields: null means default). Edits
+arrive as multipart (`image`, `image[]` or repeated `image` parts, order kept; raw bytes
+often typed application/octet-stream, so the bytes decide the type) or as JSON with
+`images: [{"image_url": ...}]`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from ..errors import GatewayError, invalid
+from ..media import decode_data_uri, image_size, sniff_mime, to_data_uri
+from ..types import ImageRequest
+
+MAX_PROMPT = 32000
+MAX_IMAGES = 16
+_QUALITIES = ("auto", "low", "medium", "high", "xhigh", "max", "standard", "hd")
+_BACKGROUNDS = ("auto", "opaque", "transparent")
+
+# Fields OpenAI defines that do not change the picture here; accepted and ignored.
+_IGNORED = {
+    "user",
+    "safety_identifier",
+    "moderation",
+    "style",
+    "input_fidelity",
+    "partial_images",
+    "prompt_cache_key",
+    "markup",
+}
+_GENERATION_FIELDS = {
+    "prompt",
+    "model",
+    "n",
+    "size",
+    "quality",
+    "response_format",
+    "output_format",
+    "output_compression",
+    "background",
+    "stream",
+} | _IGNORED
+_EDIT_FIELDS = _GENERATION_FIELDS | {"image", "image[]", "images", "mask"}
+
+
+async def read_json(request: Request) -> Mapping[str, Any]:
+    """The body as a JSON object, or a 400 that says so."""
+    body = await request.body()
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise invalid(
+            None,
+            "We could not parse the JSON body of your request. (HINT: This likely means you "
+            "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.)",
+        ) from None
+    if not isinstance(data, dict):
+        raise invalid(None, "The request body must be a JSON object.")
+    return data
+
+
+def parse_generation(data: Mapping[str, Any]) -> ImageRequest:
+    """A /v1/images/generations JSON body -> ImageRequest."""
+    _reject_unknown(data, _GENERATION_FIELDS)
+    return ImageRequest(endpoint="generations", **_common_fields(data))
+
+
+async def parse_edit(request: Request, *, max_bytes: int) -> ImageRequest:
+    """A /v1/images/edits body (multipart or JSON) -> ImageRequest."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("application/json"):
+        return parse_edit_json(await read_json(request))
+    if not content_type.startswith("multipart/form-data"):
+        raise invalid(
+            None,
+            "Edits take multipart/form-data (as the OpenAI SDKs send) or a JSON body with "
+            f"'images'; got content-type '{content_type or 'none'}'.",
+        )
+    try:
+        form = await request.form(
+            max_files=MAX_IMAGES + 2, max_fields=100, max_part_size=1024 * 1024
+        )
+    except GatewayError:
+        raise
+    except Exception as exc:  # malformed multipart: python-multipart raises several types
+        raise invalid(None, f"Could not read the multipart body: {exc}") from None
+    try:
+        return await _edit_from_form(form.multi_items(), max_bytes)
+    finally:
+        await form.close()
+
+
+def parse_edit_json(data: Mapping[str, Any]) -> ImageRequest:
+    """The JSON form of an edit: images as [{"image_url": ...}]."""
+    _reject_unknown(data, _EDIT_FIELDS - {"image", "image[]"})
+    images_raw = data.get("images")
+    if not isinstance(images_raw, list) or not images_raw:
+        raise invalid("images", "'images' must be a list of 1 to 16 {\"image_url\": ...} objects.")
+    if len(images_raw) > MAX_IMAGES:
+        raise invalid("images", f"At most {MAX_IMAGES} images per edit.")
+    images: list[str] = []
+    first_size: tuple[int, int] | None = None
+    for i, item in enumerate(images_raw):
+        where = f"images[{i}]"
+        if not isinstance(item, dict):
+            raise invalid(where, f"'{where}' must be an object with 'image_url'.")
+        if "file_id" in item and "image_url" not in item:
+            raise invalid(
+                f"{where}.file_id",
+                "File ids are not supported by this gateway; send 'image_url' (an https URL "
+                "or a data: URI) instead.",
+            )
+        url = item.get("image_url")
+        if isinstance(url, dict):  # {"image_url": {"url": ...}} as chat-style clients send
+            url = url.get("url")
+        if not isinstance(url, str) or not url:
+            raise invalid(f"{where}.image_url", f"'{where}.image_url' must be a URL or data: URI.")
+        ref, size = _image_reference(url, f"{where}.image_url")
+        images.append(ref)
+        if i == 0:
+            first_size = size
+    mask = data.get("mask")
+    fields = _common_fields(data)
+    return ImageRequest(
+        endpoint="edits",
+        images=tuple(images),
+        first_image_size=first_size,
+        mask=mask is not None,
+        **fields,
+    )
+
+
+async def _edit_from_form(items: list[tuple[str, Any]], max_bytes: int) -> ImageRequest:
+    scalars: dict[str, Any] = {}
+    images: list[str] = []
+    first_size: tuple[int, int] | None = None
+    mask = False
+    for name, value in items:
+        if name in ("image", "image[]"):
+            if len(images) >= MAX_IMAGES:
+                raise invalid("image", f"At most {MAX_IMAGES} images per edit.")
+            where = "image"
+            if isinstance(value, UploadFile):
+                ref, size = await _upload_to_data_uri(value, where, max_bytes)
+            else:
+                ref, size = _image_reference(str(value), where)
+            if not images:
+                first_size = size
+            images.append(ref)
+        elif name == "mask":
+            mask = isinstance(value, UploadFile) or bool(value)
+        elif isinstance(value, UploadFile):
+            raise invalid(name, f"'{name}' must be a text field, not a file.")
+        elif name in scalars:
+            raise invalid(name, f"'{name}' was sent more than once.")
+        else:
+            scalars[name] = value
+    _reject_unknown(scalars, _EDIT_FIELDS)
+    converted = {k: _from_form(k, v) for k, v in scalars.items()}
+    if not images:
+        raise invalid("image", "An edit needs at least one image: send it as 'image' or 'image[]'.")
+    return ImageRequest(
+        endpoint="edits",
+        images=tuple(images),
+        first_image_size=first_size,
+        mask=mask,
+        **_common_fields(converted),
+    )
+
+
+async def _upload_to_data_uri(
+    upload: UploadFile, where: str, max_bytes: int
+) -> tuple[str, tuple[int, int] | None]:
+    data = await upload.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise invalid(
+            where, f"Image '{upload.filename}' is larger than {max_bytes // (1024 * 1024)} MB."
+        )
+    mime = sniff_mime(data)
+    if mime is None:
+        raise invalid(
+            where,
+            f"Invalid image file '{upload.filename or 'upload'}': "
+            "not a PNG, JPEG, WebP or GIF image.",
+            code="invalid_image_format",
+        )
+    return to_data_uri(data, mime), image_size(data)
+
+
+def _image_reference(url: str, where: str) -> tuple[str, tuple[int, int] | None]:
+    """Check an image given by reference; data: URIs are decoded to check and measure."""
+    if url.startswith(("http://", "https://")):
+        return url, None
+    try:
+        decoded = decode_data_uri(url)
+    except ValueError:
+        raise invalid(where, f"'{where}' is a data: URI whose base64 is not valid.") from None
+    if decoded is None:
+        raise invalid(where, f"'{where}' must be an http(s) URL or a data:image/...;base64, URI.")
+    data, _declared = decoded
+    mime = sniff_mime(data)
+    if mime is None:
+        raise invalid(
+            where,
+            f"'{where}' does not hold a PNG, JPEG, WebP or GIF image.",
+            code="invalid_image_format",
+        )
+    # Re-label with the sniffed type: upstreams trust the label.
+    return to_data_uri(data, mime), image_size(data)
+
+
+def _from_form(name: str, value: str) -> Any:
+    """Multipart scalars are text: turn them into what the JSON form would carry."""
+    if name in ("n", "output_compression", "partial_images"):
+        try:
+            return int(value)
+        except ValueError:
+            raise invalid(name, f"'{name}' must be a whole number, got '{value}'.") from None
+    if name == "stream":
+        if value.lower() in ("true", "1"):
+            return True
+        if value.lower() in ("false", "0", ""):
+            return False
+        raise invalid("stream", f"'stream' must be true or false, got '{value}'.")
+    return value
+
+
+def _reject_unknown(data: Mapping[str, Any], allowed: set[str]) -> None:
+    for key in data:
+        if key not in allowed:
+            raise invalid(key, f"Unrecognized request argument supplied: {key}")
+
+
+def _common_fields(data: Mapping[str, Any]) -> dict[str, Any]:
+    prompt = data.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise invalid("prompt", "'prompt' is required and must be a non-empty string.")
+    if len(prompt) > MAX_PROMPT:
+        raise invalid("prompt", f"'prompt' is too long: at most {MAX_PROMPT} characters.")
+    quality = _opt_str(data, "quality")
+    if quality is not None and quality not in _QUALITIES:
+        raise invalid("quality", f"Invalid quality '{quality}': one of {', '.join(_QUALITIES)}.")
+    background = _opt_str(data, "background")
+    if background is not None and background not in _BACKGROUNDS:
+        raise invalid(
+            "background", f"Invalid background '{background}': auto, opaque or transparent."
+        )
+    stream = data.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise invalid("stream", "'stream' must be true or false.")
+    partial = _opt_int(data, "partial_images")
+    if partial is not None and not 0 <= partial <= 3:
+        raise invalid("partial_images", "'partial_images' must be between 0 and 3.")
+    for key in ("user", "safety_identifier", "moderation", "style"):
+        _opt_str(data, key)
+    return {
+        "prompt": prompt,
+        "model": _opt_str(data, "model"),
+        "n": _opt_int(data, "n"),
+        "size": _opt_str(data, "size"),
+        "quality": quality,
+        "response_format": _opt_str(data, "response_format"),
+        "output_format": _opt_str(data, "output_format"),
+        "output_compression": _opt_int(data, "output_compression"),
+        "background": background,
+        "stream": bool(stream),
+        "partial_images": partial,
+        "user": _opt_str(data, "user"),
+    }
+
+
+def _opt_str(data: Mapping[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise invalid(key, f"'{key}' must be a string.")
+    return value
+
+
+def _opt_int(data: Mapping[str, Any], key: str) -> int | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise invalid(key, f"'{key}' must be an integer.")
+    return value

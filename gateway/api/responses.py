@@ -1,0 +1,108 @@
+"""Shaping answers: the images JSON, the SSE events, and OpenAI error responses."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from starlette.responses import JSONResponse
+
+from ..errors import GatewayError
+from ..store import ImageStore
+from ..types import ImagesResult, Output, ProducedImage
+
+_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp"}
+
+
+def error_response(err: GatewayError, request_id: str | None = None) -> JSONResponse:
+    """An OpenAI error body with the error's status and headers."""
+    headers = dict(err.headers)
+    if request_id:
+        headers["x-request-id"] = request_id
+    return JSONResponse(err.body(), status_code=err.status, headers=headers)
+
+
+def result_headers(result: ImagesResult) -> dict[str, str]:
+    """Provider ids a user can hand to the provider's support, and who served the request."""
+    headers: dict[str, str] = {}
+    if result.task_ids:
+        headers["x-upstream-task-id"] = ",".join(result.task_ids)
+    if result.trace_ids:
+        headers["x-upstream-trace-id"] = ",".join(result.trace_ids)
+    if result.upstreams:
+        headers["x-upstream-name"] = ",".join(sorted(set(result.upstreams)))
+    return headers
+
+
+def _size_text(image: ProducedImage) -> str | None:
+    return f"{image.size[0]}x{image.size[1]}" if image.size else None
+
+
+def _format_of(image: ProducedImage, output: Output) -> str:
+    if image.mime in _FORMATS:
+        return _FORMATS[image.mime]
+    return output.output_format or "png"
+
+
+def images_body(
+    result: ImagesResult, output: Output, store: ImageStore, base_url: str
+) -> dict[str, Any]:
+    """The /v1/images/* JSON answer."""
+    data: list[dict[str, Any]] = []
+    for image in result.images:
+        if output.response_format == "b64_json":
+            assert image.data is not None
+            data.append({"b64_json": base64.b64encode(image.data).decode("ascii")})
+        elif image.url is not None and image.data is None:
+            data.append({"url": image.url})
+        else:
+            # Bytes without a link (mock, data: URIs, re-encodes): the gateway hosts them.
+            assert image.data is not None
+            name = store.put(image.data, image.mime or "image/png")
+            data.append({"url": f"{base_url.rstrip('/')}/v1/images/store/{name}"})
+    body: dict[str, Any] = {"created": int(time.time()), "data": data, "background": "opaque"}
+    if result.images:
+        size = _size_text(result.images[0])
+        if size:
+            body["size"] = size
+        body["output_format"] = _format_of(result.images[0], output)
+    return body
+
+
+def completed_event(kind: str, image: ProducedImage, output: Output, created: int) -> str:
+    """One `image_generation.completed` / `image_edit.completed` SSE event."""
+    assert image.data is not None
+    payload = {
+        "type": f"{kind}.completed",
+        "b64_json": base64.b64encode(image.data).decode("ascii"),
+        "created_at": created,
+        "size": _size_text(image) or "auto",
+        "quality": "auto",
+        "background": "opaque",
+        "output_format": _format_of(image, output),
+        # Nano Banana upstreams bill per image, not per token; the SDK expects the object.
+        "usage": {
+            "input_tokens": 0,
+            "output_tokens": 0,
+            "total_tokens": 0,
+            "input_tokens_details": {"image_tokens": 0, "text_tokens": 0},
+        },
+    }
+    return sse(f"{kind}.completed", payload)
+
+
+def error_event(err: GatewayError) -> str:
+    """An SSE error the SDK raises on (it raises for any data with a non-empty 'error')."""
+    return sse("error", {"type": "error", **err.body()})
+
+
+def sse(event: str, payload: Mapping[str, Any]) -> str:
+    """One server-sent event."""
+    return f"event: {event}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n"
+
+
+KEEPALIVE = ": keep-alive\n\n"
+DONE = "data: [DONE]\n\n"

@@ -1,0 +1,132 @@
+"""Builds the Starlette app from a Config: routes, middleware, lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .api.middleware import RequestIdMiddleware
+from .api.responses import error_response
+from .api.routes import API
+from .config import Config
+from .errors import GatewayError
+from .fetch import Fetcher
+from .metrics import Metrics
+from .pool import Attempt, Pool
+from .service import ImageService
+from .store import ImageStore
+from .upstreams import build_upstream
+
+log = logging.getLogger("gateway")
+
+
+def create_app(config: Config) -> Starlette:
+    """The gateway as an ASGI app."""
+    metrics = Metrics()
+
+    def on_attempt(attempt: Attempt) -> None:
+        metrics.upstream_requests.labels(attempt.upstream, attempt.outcome).inc()
+        metrics.upstream_seconds.labels(attempt.upstream).observe(attempt.seconds)
+
+    pool = Pool(
+        [(build_upstream(u), u) for u in config.upstreams],
+        config.pool,
+        on_attempt=on_attempt,
+        on_retry=lambda reason: metrics.retries.labels(reason).inc(),
+    )
+    metrics.watch_pool(pool)
+    fetcher = Fetcher(
+        max_bytes=config.images.download_max_bytes,
+        timeout=config.images.download_timeout_seconds,
+    )
+    service = ImageService(
+        pool, fetcher, deadline_seconds=config.pool.deadline_seconds, secrets=config.secrets()
+    )
+    api = API(config, pool, service, metrics, ImageStore())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        _announce(config)
+        yield
+        await pool.aclose()
+        await fetcher.aclose()
+
+    routes = [
+        Route("/v1/images/generations", api.generations, methods=["POST"]),
+        Route("/v1/images/edits", api.edits, methods=["POST"]),
+        Route("/v1/images/store/{name}", api.stored_image, methods=["GET"]),
+        Route("/v1/models", api.models, methods=["GET"]),
+        Route("/v1/models/{model:path}", api.model, methods=["GET"]),
+        Route("/healthz", api.healthz, methods=["GET"]),
+        Route("/readyz", api.readyz, methods=["GET"]),
+        Route("/metrics", api.metrics_text, methods=["GET"]),
+        Route("/admin/upstreams", api.admin_upstreams, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(RequestIdMiddleware)],
+        exception_handlers={
+            GatewayError: _gateway_error,
+            HTTPException: _http_error,
+            Exception: _unexpected,
+        },
+        lifespan=lifespan,
+    )
+    app.state.pool = pool
+    app.state.metrics = metrics
+    return app
+
+
+async def _gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message = f"Invalid URL ({request.method} {request.url.path})"
+    elif exc.status_code == 405:
+        message = f"Method {request.method} is not allowed for {request.url.path}"
+    else:
+        message = str(exc.detail)
+    err = GatewayError(exc.status_code, message, code=None, headers=exc.headers)
+    return error_response(err)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    # Starlette logs the traceback; the caller gets no stack trace, only a request id.
+    request_id = getattr(request.state, "request_id", None)
+    err = GatewayError(
+        500,
+        "The gateway hit an unexpected error. Quote the x-request-id when reporting it.",
+        type="server_error",
+        code="internal_error",
+    )
+    return error_response(err, request_id)
+
+
+def _announce(config: Config) -> None:
+    if config.mock_only:
+        log.warning("=" * 72)
+        log.warning("NO UPSTREAM TOKENS CONFIGURED: serving OFFLINE MOCK placeholder images.")
+        log.warning("Set ACEDATA_API_TOKENS / XHUOAPI_API_TOKENS / DEFAPI_API_TOKENS or --config.")
+        log.warning("=" * 72)
+    for u in config.upstreams:
+        log.info(
+            "upstream %s: type=%s tokens=%d priority=%d weight=%g",
+            u.name,
+            u.type,
+            len(u.tokens),
+            u.priority,
+            u.weight,
+        )
+    log.info("clients: %s", ", ".join(c.name for c in config.clients) or "none (open access)")

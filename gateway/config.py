@@ -1,0 +1,486 @@
+"""Settings: read once at start from TOML (or the environment), validated into typed objects.
+
+Nothing else in the package reads environment variables or files: everything that can be
+configured arrives here, is checked with an error that names the offending key, and is
+handed on as frozen dataclasses.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+UPSTREAM_TYPES = ("acedata", "xhuoapi", "defapi", "mock")
+
+DEFAULT_BASE_URLS = {
+    "acedata": "https://api.acedata.cloud",
+    "xhuoapi": "https://api.xhuoapi.ai/v1",
+    "defapi": "https://api.defapi.org",
+    "mock": "mock://local",
+}
+
+# Apps written for OpenAI send these names; each lands on the Nano Banana model closest in
+# what it can do. Patterns are fnmatch globs, tried in order, first match wins.
+DEFAULT_ALIASES: dict[str, str] = {
+    "gpt-image-*-mini": "nano-banana",
+    "gpt-image-*": "nano-banana-2",
+    "chatgpt-image-*": "nano-banana-2",
+    "dall-e-2": "nano-banana",
+    "dall-e-3": "nano-banana-2",
+}
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the key at fault."""
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    """One provider account group: a type, where it lives, and the tokens bought for it."""
+
+    name: str
+    type: str
+    base_url: str
+    tokens: tuple[str, ...]
+    weight: float = 1.0
+    priority: int = 0
+    max_concurrency: int | None = None
+    timeout_seconds: float = 300.0
+    models: Mapping[str, str] = field(default_factory=dict)
+    poll_interval_seconds: float = 2.0
+    poll_max_interval_seconds: float = 10.0
+    poll_deadline_seconds: float = 480.0
+    not_found_grace_seconds: float = 30.0
+    mock_latency_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """A caller allowed in, known by name in metrics and logs."""
+
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """How the pool retries, benches and cools tokens."""
+
+    max_attempts: int = 4
+    deadline_seconds: float = 540.0
+    bench_seconds: float = 3600.0
+    cooldown_seconds: float = 5.0
+    cooldown_max_seconds: float = 300.0
+    breaker_threshold: int = 3
+    upstream_breaker_threshold: int = 5
+    breaker_seconds: float = 30.0
+    retry_backoff_seconds: float = 0.25
+
+
+@dataclass(frozen=True)
+class ImagesConfig:
+    """How OpenAI requests become upstream jobs and how answers are shaped."""
+
+    default_model: str = "nano-banana"
+    aliases: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_ALIASES))
+    allow_partial: bool = False
+    download_max_bytes: int = 64 * 1024 * 1024
+    download_timeout_seconds: float = 120.0
+    upload_max_bytes: int = 50 * 1024 * 1024
+    stream_keepalive_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Identical-request cache settings (parsed now; used by the cache)."""
+
+    enabled: bool = True
+    ttl_seconds: float = 3600.0
+    max_entries: int = 1024
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    """Access to /admin/*: off unless a key is set."""
+
+    key: str | None = None
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Process-level settings."""
+
+    shutdown_grace_seconds: float = 600.0
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the gateway needs, validated."""
+
+    upstreams: tuple[UpstreamConfig, ...]
+    clients: tuple[ClientConfig, ...] = ()
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    images: ImagesConfig = field(default_factory=ImagesConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    source: str = "defaults"
+
+    @property
+    def mock_only(self) -> bool:
+        """True when every upstream is the offline mock: worth shouting about."""
+        return all(u.type == "mock" for u in self.upstreams)
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret string, so error and log text can be scrubbed of them."""
+        found = [t for u in self.upstreams for t in u.tokens]
+        found += [c.key for c in self.clients]
+        if self.admin.key:
+            found.append(self.admin.key)
+        return tuple(s for s in found if s)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Load from a TOML file, or from the environment when no path is given."""
+    env = os.environ if environ is None else environ
+    if path is None:
+        return config_from_env(env)
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(raw, env, source=path)
+
+
+def config_from_env(env: Mapping[str, str]) -> Config:
+    """Build a config from *_API_TOKENS variables; the offline mock when there are none."""
+    raw: dict[str, Any] = {"upstreams": []}
+    for kind, prefix in (("acedata", "ACEDATA"), ("xhuoapi", "XHUOAPI"), ("defapi", "DEFAPI")):
+        tokens = [t.strip() for t in env.get(f"{prefix}_API_TOKENS", "").split(",") if t.strip()]
+        if not tokens:
+            continue
+        entry: dict[str, Any] = {"name": kind, "type": kind, "tokens": tokens}
+        if env.get(f"{prefix}_BASE_URL"):
+            entry["base_url"] = env[f"{prefix}_BASE_URL"]
+        raw["upstreams"].append(entry)
+    clients = []
+    for i, item in enumerate(x.strip() for x in env.get("GATEWAY_CLIENT_KEYS", "").split(",")):
+        if not item:
+            continue
+        name, sep, key = item.partition(":")
+        clients.append(
+            {"name": name, "key": key} if sep else {"name": f"client-{i + 1}", "key": item}
+        )
+    if clients:
+        raw["clients"] = clients
+    if env.get("GATEWAY_ADMIN_KEY"):
+        raw["admin"] = {"key": env["GATEWAY_ADMIN_KEY"]}
+    # Env values are literal secrets: no ${VAR} expansion, so a '$' in a token survives.
+    return parse_config(raw, {}, source="environment", expand=False)
+
+
+def parse_config(
+    raw: Mapping[str, Any], env: Mapping[str, str], *, source: str = "config", expand: bool = True
+) -> Config:
+    """Validate a TOML-shaped mapping into a Config. Pure: env is passed in."""
+    _only_keys(
+        raw, "", {"upstreams", "clients", "pool", "images", "cache", "admin", "server", "models"}
+    )
+    upstream_items = _list_of_tables(raw, "upstreams")
+    upstreams = [
+        _parse_upstream(item, f"upstreams[{i}]", env, expand)
+        for i, item in enumerate(upstream_items)
+    ]
+    if not upstreams:
+        upstreams = [
+            UpstreamConfig(name="mock", type="mock", base_url="mock://local", tokens=("mock",))
+        ]
+        source = f"{source} (no upstream configured: built-in mock)"
+    names = [u.name for u in upstreams]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"upstreams: name {dupes[0]!r} is used more than once")
+
+    clients = [
+        _parse_client(item, f"clients[{i}]", env, expand)
+        for i, item in enumerate(_list_of_tables(raw, "clients"))
+    ]
+    client_names = [c.name for c in clients]
+    if len(set(client_names)) != len(client_names):
+        raise ConfigError("clients: every client needs a unique name")
+    keys = [c.key for c in clients]
+    if len(set(keys)) != len(keys):
+        raise ConfigError("clients: two clients share one key")
+
+    return Config(
+        upstreams=tuple(upstreams),
+        clients=tuple(clients),
+        pool=_parse_pool(_table(raw, "pool")),
+        images=_parse_images(_table(raw, "images"), _table(raw, "models")),
+        cache=_parse_cache(_table(raw, "cache")),
+        admin=AdminConfig(key=_opt_secret(_table(raw, "admin"), "key", "admin", env, expand)),
+        server=_parse_server(_table(raw, "server")),
+        source=source,
+    )
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _parse_upstream(
+    item: Mapping[str, Any], where: str, env: Mapping[str, str], expand: bool
+) -> UpstreamConfig:
+    _only_keys(
+        item,
+        where,
+        {
+            "name",
+            "type",
+            "base_url",
+            "tokens",
+            "weight",
+            "priority",
+            "order",
+            "max_concurrency",
+            "timeout_seconds",
+            "models",
+            "poll_interval_seconds",
+            "poll_max_interval_seconds",
+            "poll_deadline_seconds",
+            "not_found_grace_seconds",
+            "mock_latency_seconds",
+        },
+    )
+    name = _str(item, "name", where, required=True)
+    kind = _str(item, "type", where, required=True)
+    if kind not in UPSTREAM_TYPES:
+        raise ConfigError(f"{where}.type: {kind!r} is not one of {', '.join(UPSTREAM_TYPES)}")
+    base_url = _str(item, "base_url", where) or DEFAULT_BASE_URLS[kind]
+    if kind != "mock" and not re.match(r"^https?://[^/\s]+", base_url):
+        raise ConfigError(f"{where}.base_url: {base_url!r} is not an http(s) URL")
+    raw_tokens = item.get("tokens", [])
+    if not isinstance(raw_tokens, list) or not all(isinstance(t, str) for t in raw_tokens):
+        raise ConfigError(f"{where}.tokens: must be a list of strings")
+    tokens = [
+        _expand(t, f"{where}.tokens[{i}]", env) if expand else t for i, t in enumerate(raw_tokens)
+    ]
+    if kind == "mock":
+        tokens = tokens or ["mock"]
+    if not tokens:
+        raise ConfigError(f"{where}.tokens: {name!r} needs at least one token")
+    if len(set(tokens)) != len(tokens):
+        raise ConfigError(f"{where}.tokens: the same token is listed twice")
+    models = item.get("models", {})
+    if not isinstance(models, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in models.items()
+    ):
+        raise ConfigError(f"{where}.models: must be a table of model = upstream-model-name")
+    if "priority" in item and "order" in item:
+        raise ConfigError(f"{where}: set priority or order, not both")
+    priority_key = "order" if "order" in item else "priority"
+    max_conc = item.get("max_concurrency")
+    if max_conc is not None:
+        max_conc = _int(item, "max_concurrency", where, 0, minimum=1)
+    return UpstreamConfig(
+        name=name,
+        type=kind,
+        base_url=base_url.rstrip("/"),
+        tokens=tuple(tokens),
+        weight=_num(item, "weight", where, 1.0, minimum=0.001),
+        priority=_int(item, priority_key, where, 0, minimum=-1000),
+        max_concurrency=max_conc,
+        timeout_seconds=_num(item, "timeout_seconds", where, 300.0, minimum=0.01),
+        models=dict(models),
+        poll_interval_seconds=_num(item, "poll_interval_seconds", where, 2.0, minimum=0.01),
+        poll_max_interval_seconds=_num(
+            item, "poll_max_interval_seconds", where, 10.0, minimum=0.01
+        ),
+        poll_deadline_seconds=_num(item, "poll_deadline_seconds", where, 480.0, minimum=0.01),
+        not_found_grace_seconds=_num(item, "not_found_grace_seconds", where, 30.0, minimum=0.0),
+        mock_latency_seconds=_num(item, "mock_latency_seconds", where, 0.0, minimum=0.0),
+    )
+
+
+def _parse_client(
+    item: Mapping[str, Any], where: str, env: Mapping[str, str], expand: bool
+) -> ClientConfig:
+    _only_keys(item, where, {"name", "key"})
+    name = _str(item, "name", where, required=True)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+        raise ConfigError(f"{where}.name: use letters, digits, '-', '_' or '.' (it is a label)")
+    key = _str(item, "key", where, required=True)
+    key = _expand(key, f"{where}.key", env) if expand else key
+    if len(key) < 8:
+        raise ConfigError(f"{where}.key: too short (at least 8 characters)")
+    return ClientConfig(name=name, key=key)
+
+
+def _parse_pool(t: Mapping[str, Any]) -> PoolConfig:
+    w = "pool"
+    _only_keys(t, w, set(PoolConfig.__dataclass_fields__))
+    d = PoolConfig()
+    return PoolConfig(
+        max_attempts=_int(t, "max_attempts", w, d.max_attempts, minimum=1),
+        deadline_seconds=_num(t, "deadline_seconds", w, d.deadline_seconds, minimum=0.1),
+        bench_seconds=_num(t, "bench_seconds", w, d.bench_seconds, minimum=0.0),
+        cooldown_seconds=_num(t, "cooldown_seconds", w, d.cooldown_seconds, minimum=0.0),
+        cooldown_max_seconds=_num(
+            t, "cooldown_max_seconds", w, d.cooldown_max_seconds, minimum=0.0
+        ),
+        breaker_threshold=_int(t, "breaker_threshold", w, d.breaker_threshold, minimum=1),
+        upstream_breaker_threshold=_int(
+            t, "upstream_breaker_threshold", w, d.upstream_breaker_threshold, minimum=1
+        ),
+        breaker_seconds=_num(t, "breaker_seconds", w, d.breaker_seconds, minimum=0.0),
+        retry_backoff_seconds=_num(
+            t, "retry_backoff_seconds", w, d.retry_backoff_seconds, minimum=0.0
+        ),
+    )
+
+
+def _parse_images(t: Mapping[str, Any], models: Mapping[str, Any]) -> ImagesConfig:
+    w = "images"
+    _only_keys(t, w, set(ImagesConfig.__dataclass_fields__))
+    _only_keys(models, "models", {"default", "aliases"})
+    d = ImagesConfig()
+    aliases = dict(DEFAULT_ALIASES)
+    extra = models.get("aliases", t.get("aliases", {}))
+    if not isinstance(extra, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in extra.items()
+    ):
+        raise ConfigError("models.aliases: must be a table of alias = model")
+    # Configured aliases come first so they can override a default pattern.
+    aliases = {**extra, **{k: v for k, v in aliases.items() if k not in extra}}
+    default_model = models.get("default", t.get("default_model", d.default_model))
+    if not isinstance(default_model, str) or not default_model:
+        raise ConfigError("models.default: must be a model name")
+    allow_partial = t.get("allow_partial", d.allow_partial)
+    if not isinstance(allow_partial, bool):
+        raise ConfigError("images.allow_partial: must be true or false")
+    return ImagesConfig(
+        default_model=default_model,
+        aliases=aliases,
+        allow_partial=allow_partial,
+        download_max_bytes=_int(t, "download_max_bytes", w, d.download_max_bytes, minimum=1024),
+        download_timeout_seconds=_num(
+            t, "download_timeout_seconds", w, d.download_timeout_seconds, minimum=0.1
+        ),
+        upload_max_bytes=_int(t, "upload_max_bytes", w, d.upload_max_bytes, minimum=1024),
+        stream_keepalive_seconds=_num(
+            t, "stream_keepalive_seconds", w, d.stream_keepalive_seconds, minimum=0.05
+        ),
+    )
+
+
+def _parse_cache(t: Mapping[str, Any]) -> CacheConfig:
+    _only_keys(t, "cache", {"enabled", "ttl_seconds", "max_entries"})
+    enabled = t.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError("cache.enabled: must be true or false")
+    return CacheConfig(
+        enabled=enabled,
+        ttl_seconds=_num(t, "ttl_seconds", "cache", 3600.0, minimum=0.0),
+        max_entries=_int(t, "max_entries", "cache", 1024, minimum=0),
+    )
+
+
+def _parse_server(t: Mapping[str, Any]) -> ServerConfig:
+    _only_keys(t, "server", {"shutdown_grace_seconds", "log_level"})
+    level = _str(t, "log_level", "server") or "info"
+    if level not in ("critical", "error", "warning", "info", "debug"):
+        raise ConfigError("server.log_level: one of critical, error, warning, info, debug")
+    return ServerConfig(
+        shutdown_grace_seconds=_num(t, "shutdown_grace_seconds", "server", 600.0, minimum=0.0),
+        log_level=level,
+    )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _expand(value: str, where: str, env: Mapping[str, str]) -> str:
+    def sub(m: re.Match[str]) -> str:
+        var = m.group(1)
+        if var not in env or env[var] == "":
+            raise ConfigError(f"{where}: environment variable {var} is not set")
+        return env[var]
+
+    return _ENV_REF.sub(sub, value)
+
+
+def _opt_secret(
+    t: Mapping[str, Any], key: str, where: str, env: Mapping[str, str], expand: bool
+) -> str | None:
+    _only_keys(t, where, {key})
+    value = _str(t, key, where)
+    if value is None:
+        return None
+    value = _expand(value, f"{where}.{key}", env) if expand else value
+    if len(value) < 8:
+        raise ConfigError(f"{where}.{key}: too short (at least 8 characters)")
+    return value
+
+
+def _only_keys(t: Mapping[str, Any], where: str, allowed: set[str]) -> None:
+    unknown = sorted(set(t) - allowed)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(
+            f"{prefix}{unknown[0]}: unknown setting (allowed: {', '.join(sorted(allowed))})"
+        )
+
+
+def _table(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: must be a table ([{key}])")
+    return value
+
+
+def _list_of_tables(raw: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
+    value = raw.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ConfigError(f"{key}: must be an array of tables ([[{key}]])")
+    return value
+
+
+def _str(t: Mapping[str, Any], key: str, where: str, *, required: bool = False) -> str | None:
+    value = t.get(key)
+    if value is None:
+        if required:
+            raise ConfigError(f"{where}.{key}: required")
+        return None
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise ConfigError(f"{where}.{key}: must be a non-empty string")
+    return value
+
+
+def _num(t: Mapping[str, Any], key: str, where: str, default: float, *, minimum: float) -> float:
+    value = t.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{where}.{key}: must be a number")
+    if value < minimum:
+        raise ConfigError(f"{where}.{key}: must be at least {minimum}")
+    return float(value)
+
+
+def _int(t: Mapping[str, Any], key: str, where: str, default: int, *, minimum: int) -> int:
+    value = t.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{where}.{key}: must be a whole number")
+    if value < minimum:
+        raise ConfigError(f"{where}.{key}: must be at least {minimum}")
+    return value

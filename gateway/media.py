@@ -1,0 +1,107 @@
+"""Image bytes: sniffing, data: URIs, sizes, re-encoding, and the mock's placeholder.
+
+The only module that touches Pillow, so the cost and the failure modes of decoding
+images live in one place.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+
+from PIL import Image, ImageDraw, UnidentifiedImageError
+
+_DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*?);base64,", re.I)
+
+# Magic numbers: an upload's Content-Type is often application/octet-stream (the SDKs send
+# raw bytes that way), so the bytes decide.
+_SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", 0, "image/png"),
+    (b"\xff\xd8\xff", 0, "image/jpeg"),
+    (b"GIF87a", 0, "image/gif"),
+    (b"GIF89a", 0, "image/gif"),
+    (b"BM", 0, "image/bmp"),
+)
+
+
+def sniff_mime(data: bytes) -> str | None:
+    """The image type of some bytes from their magic number, or None if not an image."""
+    for magic, offset, mime in _SIGNATURES:
+        if data[offset : offset + len(magic)] == magic:
+            return mime
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    if data[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypavif"):
+        return "image/avif" if data[8:12] == b"avif" else "image/heic"
+    return None
+
+
+def to_data_uri(data: bytes, mime: str) -> str:
+    """bytes -> 'data:image/png;base64,...'."""
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def decode_data_uri(uri: str) -> tuple[bytes, str | None] | None:
+    """'data:image/png;base64,...' -> (bytes, declared mime); None when not a base64 data URI.
+
+    Raises ValueError when it claims to be one but the base64 is broken.
+    """
+    m = _DATA_URI.match(uri)
+    if not m:
+        return None
+    try:
+        return base64.b64decode(uri[m.end() :], validate=True), m.group("mime")
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("the base64 payload is not valid") from exc
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height from the header only (no full decode), or None if unreadable."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
+
+
+def reencode(data: bytes, fmt: str, quality: int | None) -> bytes:
+    """Re-encode to png/jpeg/webp; quality is OpenAI's output_compression (0-100)."""
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        out = io.BytesIO()
+        if fmt == "jpeg":
+            # JPEG has no alpha; flatten on white rather than let Pillow refuse.
+            if im.mode not in ("RGB", "L"):
+                rgb = Image.new("RGB", im.size, (255, 255, 255))
+                rgb.paste(im.convert("RGBA"), mask=im.convert("RGBA").split()[3])
+                im = rgb
+            im.save(out, "JPEG", quality=100 if quality is None else max(1, quality))
+        elif fmt == "webp":
+            im.save(out, "WEBP", quality=100 if quality is None else quality)
+        else:
+            im.save(out, "PNG", optimize=False)
+        return out.getvalue()
+
+
+def placeholder_png(width: int, height: int, label: str) -> bytes:
+    """A real PNG of the given size for the offline mock: a gradient, a frame and the label."""
+    im = Image.new("RGB", (width, height), (245, 208, 66))
+    draw = ImageDraw.Draw(im)
+    # Coarse bands keep drawing cheap even at 4K while making the size obvious at a glance.
+    bands = 16
+    for i in range(bands):
+        shade = 200 - i * 6
+        y0 = i * height // bands
+        draw.rectangle([0, y0, width, (i + 1) * height // bands], fill=(250, shade, 60))
+    edge = max(2, min(width, height) // 64)
+    draw.rectangle([0, 0, width - 1, height - 1], outline=(40, 40, 40), width=edge)
+    draw.text(
+        (edge * 3, edge * 3),
+        f"nano-banana-gateway mock\n{width}x{height}\n{label[:80]}",
+        fill=(20, 20, 20),
+    )
+    out = io.BytesIO()
+    im.save(out, "PNG", compress_level=1)
+    return out.getvalue()

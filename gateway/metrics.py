@@ -1,0 +1,122 @@
+"""Every Prometheus metric the gateway exports, defined in one place.
+
+Labels are bounded sets taken from configuration or from fixed vocabularies: client names,
+upstream names, known model names, outcomes, and redacted token ids. Never a prompt, a key,
+a URL or a token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .pool import Pool
+
+_LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600)
+_STATES = ("ok", "cooling", "benched", "broken")
+
+
+class Metrics:
+    """The gateway's metrics, on a registry of its own (so several apps can live in one
+    process, as they do in tests)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "nano_banana_requests_total",
+            "Caller requests answered, by endpoint, client, model and HTTP status.",
+            ["endpoint", "client", "model", "status"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "nano_banana_request_duration_seconds",
+            "Time to answer a caller request (to the last byte of a stream).",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.images = Counter(
+            "nano_banana_images_total",
+            "Images handed to callers, by client, model and the upstream that made them.",
+            ["client", "model", "upstream"],
+            registry=r,
+        )
+        self.upstream_requests = Counter(
+            "nano_banana_upstream_requests_total",
+            "Calls to upstreams, by outcome (ok, bad_request, safety, auth, balance, "
+            "rate_limited, server_error, timeout, connection, malformed).",
+            ["upstream", "outcome"],
+            registry=r,
+        )
+        self.upstream_seconds = Histogram(
+            "nano_banana_upstream_request_duration_seconds",
+            "Time one upstream call took, polling included.",
+            ["upstream"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.retries = Counter(
+            "nano_banana_retries_total",
+            "Requests moved to another token or upstream, by the failure that moved them.",
+            ["reason"],
+            registry=r,
+        )
+        self.inflight = Gauge(
+            "nano_banana_inflight_requests",
+            "Caller requests being worked on now.",
+            registry=r,
+        )
+
+    def watch_pool(self, pool: Pool) -> None:
+        """Export the pool's token and upstream state, read fresh at each scrape."""
+        self.registry.register(_PoolCollector(pool))
+
+
+class _PoolCollector(Collector):
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        token_state = GaugeMetricFamily(
+            "nano_banana_token_state",
+            "1 for each token's current state (ok, cooling, benched, broken).",
+            labels=["upstream", "token", "state"],
+        )
+        token_inflight = GaugeMetricFamily(
+            "nano_banana_token_inflight",
+            "Calls in flight on each token.",
+            labels=["upstream", "token"],
+        )
+        upstream_state = GaugeMetricFamily(
+            "nano_banana_upstream_state",
+            "1 for each upstream's breaker state (ok, broken).",
+            labels=["upstream", "state"],
+        )
+        available = GaugeMetricFamily(
+            "nano_banana_upstream_tokens_available",
+            "Tokens of each upstream that could take a request now.",
+            labels=["upstream"],
+        )
+        pool = self._pool
+        for slot in pool.slots:
+            current = pool.token_state(slot).value
+            for state in _STATES:
+                token_state.add_metric(
+                    [slot.upstream.name, slot.id, state], 1.0 if state == current else 0.0
+                )
+            token_inflight.add_metric([slot.upstream.name, slot.id], float(slot.inflight))
+        for entry in pool.snapshot():
+            name = str(entry["name"])
+            for state in ("ok", "broken"):
+                upstream_state.add_metric([name, state], 1.0 if entry["state"] == state else 0.0)
+            available.add_metric([name], float(entry["tokens_available"]))  # type: ignore[arg-type]
+        yield token_state
+        yield token_inflight
+        yield upstream_state
+        yield available

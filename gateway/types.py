@@ -1,0 +1,94 @@
+"""The request as the caller asked for it, and the job as upstreams will do it.
+
+These are plain data: `api/` fills an ImageRequest from the wire, `translate.py` turns it
+into a Job (what to make) and an Output (how to hand it back), and the rest of the
+gateway only ever sees those two.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Action = Literal["generate", "edit"]
+ResponseFormat = Literal["url", "b64_json"]
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """An OpenAI images request after parsing; None means 'not sent / default'."""
+
+    endpoint: Literal["generations", "edits"]
+    prompt: str
+    model: str | None = None
+    n: int | None = None
+    size: str | None = None
+    quality: str | None = None
+    response_format: str | None = None
+    output_format: str | None = None
+    output_compression: int | None = None
+    background: str | None = None
+    stream: bool = False
+    partial_images: int | None = None
+    images: tuple[str, ...] = ()  # URLs or data: URIs, in the caller's order
+    first_image_size: tuple[int, int] | None = None  # known when the first image was uploaded
+    mask: bool = False
+    user: str | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unit of upstream work, independent of any provider's JSON."""
+
+    action: Action
+    prompt: str
+    model: str  # a Nano Banana model name, e.g. "nano-banana-pro"
+    count: int = 1
+    images: tuple[str, ...] = ()
+    aspect_ratio: str | None = None  # None: the upstream's default (1:1, or the first image's)
+    resolution: str | None = None  # "1K" | "2K" | "4K"; None: the upstream's default
+
+    def with_count(self, count: int) -> Job:
+        """The same job asking for a different number of images."""
+        return Job(
+            self.action,
+            self.prompt,
+            self.model,
+            count,
+            self.images,
+            self.aspect_ratio,
+            self.resolution,
+        )
+
+
+@dataclass(frozen=True)
+class Output:
+    """How to shape the answer for the caller."""
+
+    response_format: ResponseFormat
+    output_format: str | None = None  # None: keep what the upstream made
+    output_compression: int | None = None
+    stream: bool = False
+    model_label: str = "nano-banana"
+    expected_size: tuple[int, int] | None = None
+
+
+@dataclass
+class ProducedImage:
+    """One finished image: a link, bytes, or both."""
+
+    url: str | None = None
+    data: bytes | None = None
+    mime: str | None = None
+    size: tuple[int, int] | None = None
+
+
+@dataclass
+class ImagesResult:
+    """What the gateway made for one caller request."""
+
+    images: list[ProducedImage]
+    upstreams: list[str] = field(default_factory=list)
+    task_ids: list[str] = field(default_factory=list)
+    trace_ids: list[str] = field(default_factory=list)
+    requested: int = 1

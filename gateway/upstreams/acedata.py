@@ -1,0 +1,166 @@
+"""AceDataCloud and XHuoAPI: one synchronous `POST {base}/nano-banana/images` call.
+
+XHuoAPI serves the very same API (its docs are the same text) under /v1, so one module
+serves both types; only the default base URL differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from ..http import make_client
+from ..models import base_model
+from ..types import Job
+from ._common import json_body, parse_retry_after, transport_error
+from .base import FailureKind, Upstream, UpstreamError, UpstreamResult
+
+DEFAULT_MODELS = {
+    m: m for m in ("nano-banana", "nano-banana-2", "nano-banana-pro", "nano-banana-2-lite")
+}
+
+# The provider documents resolution as honoured by these; others are always 1K.
+_RESOLUTION_MODELS = ("nano-banana-2", "nano-banana-pro")
+
+
+def build_body(job: Job, model: str) -> dict[str, Any]:
+    """The provider's JSON for a job. Pure; table-tested."""
+    body: dict[str, Any] = {
+        "action": job.action,
+        "prompt": job.prompt,
+        "model": model,
+        "count": job.count,
+    }
+    if job.action == "edit":
+        body["image_urls"] = list(job.images)
+    if job.aspect_ratio is not None:
+        body["aspect_ratio"] = job.aspect_ratio
+    if job.resolution is not None and base_model(job.model) in _RESOLUTION_MODELS:
+        body["resolution"] = job.resolution
+    return body
+
+
+def classify(status: int, code: str | None) -> FailureKind:
+    """Map the provider's status and error code to a FailureKind. Pure; table-tested."""
+    code = code or ""
+    if status == 401:
+        return FailureKind.AUTH
+    if status == 403:
+        if code == "used_up":
+            return FailureKind.BALANCE
+        if code == "forbidden":
+            return FailureKind.SAFETY
+        return FailureKind.AUTH
+    if status == 429:
+        return FailureKind.RATE_LIMITED
+    if status == 400:
+        # 'no_token' and 'disabled' are about the gateway's credentials, not the caller's
+        # request; 'api_not_implemented' means this provider can't, another may.
+        if code in ("no_token", "disabled"):
+            return FailureKind.AUTH
+        if code == "api_not_implemented":
+            return FailureKind.SERVER_ERROR
+        return FailureKind.BAD_REQUEST
+    if status == 413:
+        return FailureKind.BAD_REQUEST
+    if status == 404 or status >= 500:
+        return FailureKind.SERVER_ERROR
+    if 400 <= status < 500:
+        return FailureKind.BAD_REQUEST
+    return FailureKind.MALFORMED
+
+
+def parse_answer(
+    status: int, payload: Any, retry_after: str | None, upstream: str
+) -> UpstreamResult:
+    """Read the provider's answer: a result, or raise a classified UpstreamError."""
+    if not isinstance(payload, dict):
+        raise UpstreamError(
+            FailureKind.MALFORMED if status < 500 else FailureKind.SERVER_ERROR,
+            f"{upstream}: answered HTTP {status} with a body that is not JSON",
+            status=status,
+        )
+    task_id = payload.get("task_id") if isinstance(payload.get("task_id"), str) else None
+    trace_id = payload.get("trace_id") if isinstance(payload.get("trace_id"), str) else None
+    if status == 200 and payload.get("success") is True:
+        data = payload.get("data")
+        urls = (
+            [
+                d["image_url"]
+                for d in data or []
+                if isinstance(d, dict) and isinstance(d.get("image_url"), str)
+            ]
+            if isinstance(data, list)
+            else []
+        )
+        if not urls:
+            raise UpstreamError(
+                FailureKind.MALFORMED,
+                f"{upstream}: success without any image",
+                status=status,
+                task_id=task_id,
+                trace_id=trace_id,
+            )
+        return UpstreamResult(images=urls, task_id=task_id, trace_id=trace_id)
+    err = payload.get("error") if isinstance(payload.get("error"), dict) else {}
+    code = err.get("code") if isinstance(err.get("code"), str) else None
+    message = err.get("message") if isinstance(err.get("message"), str) else f"HTTP {status}"
+    kind = classify(status if status != 200 else 500, code)
+    raise UpstreamError(
+        kind,
+        message,
+        status=status,
+        code=code,
+        retry_after=parse_retry_after(retry_after),
+        param="image" if status == 413 else None,
+        task_id=task_id,
+        trace_id=trace_id,
+    )
+
+
+class AceDataUpstream(Upstream):
+    """`type = "acedata"` and `type = "xhuoapi"`."""
+
+    max_count_per_call = 4  # the provider's guide: count 1-4
+
+    def __init__(
+        self, name: str, kind: str, base_url: str, *, timeout: float, models: Mapping[str, str]
+    ) -> None:
+        super().__init__(name, {**DEFAULT_MODELS, **models})
+        self.kind = kind
+        self.base_url = base_url
+        self._client = make_client(base_url, timeout=timeout)
+
+    def upstream_model(self, model: str) -> str:
+        """Variants like 'nano-banana-pro:official' pass through when the base is served."""
+        if model in self._model_map:
+            return self._model_map[model]
+        return self._model_map[base_model(model)] + model[len(base_model(model)) :]
+
+    def cannot_serve(self, job: Job) -> tuple[str, str] | None:
+        """As the base, but a ':variant' of a served model is served too."""
+        if job.model not in self._model_map and base_model(job.model) in self._model_map:
+            return None if len(job.images) <= self.max_images else ("image", "too many images")
+        return super().cannot_serve(job)
+
+    async def run(self, job: Job, token: str) -> UpstreamResult:
+        """One synchronous call; the provider answers when the images exist."""
+        body = build_body(job, self.upstream_model(job.model))
+        try:
+            resp = await self._client.post(
+                "/nano-banana/images",
+                json=body,
+                headers={"authorization": f"Bearer {token}", "accept": "application/json"},
+            )
+            await resp.aread()
+        except httpx.TransportError as exc:
+            raise transport_error(exc, self.name) from None
+        return parse_answer(
+            resp.status_code, json_body(resp), resp.headers.get("retry-after"), self.name
+        )
+
+    async def aclose(self) -> None:
+        """Close the HTTP client."""
+        await self._client.aclose()
