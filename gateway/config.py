@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .models import MODELS, base_model
+
 UPSTREAM_TYPES = ("acedata", "xhuoapi", "defapi", "mock")
 
 DEFAULT_BASE_URLS = {
@@ -269,7 +271,7 @@ def _parse_upstream(
     if kind not in UPSTREAM_TYPES:
         raise ConfigError(f"{where}.type: {kind!r} is not one of {', '.join(UPSTREAM_TYPES)}")
     base_url = _str(item, "base_url", where) or DEFAULT_BASE_URLS[kind]
-    if kind != "mock" and not re.match(r"^https?://[^/\s]+", base_url):
+    if kind != "mock" and not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", base_url):
         raise ConfigError(f"{where}.base_url: {base_url!r} is not an http(s) URL")
     raw_tokens = item.get("tokens", [])
     if not isinstance(raw_tokens, list) or not all(isinstance(t, str) for t in raw_tokens):
@@ -279,6 +281,9 @@ def _parse_upstream(
     ]
     if kind == "mock":
         tokens = tokens or ["mock"]
+    for i, token in enumerate(tokens):
+        if not token.strip() or token != token.strip():
+            raise ConfigError(f"{where}.tokens[{i}]: empty, or has spaces around it")
     if not tokens:
         raise ConfigError(f"{where}.tokens: {name!r} needs at least one token")
     if len(set(tokens)) != len(tokens):
@@ -365,8 +370,13 @@ def _parse_images(t: Mapping[str, Any], models: Mapping[str, Any]) -> ImagesConf
     # Configured aliases come first so they can override a default pattern.
     aliases = {**extra, **{k: v for k, v in aliases.items() if k not in extra}}
     default_model = models.get("default", t.get("default_model", d.default_model))
-    if not isinstance(default_model, str) or not default_model:
-        raise ConfigError("models.default: must be a model name")
+    if not isinstance(default_model, str) or base_model(default_model) not in MODELS:
+        raise ConfigError(f"models.default: must be one of {', '.join(MODELS)}")
+    for alias, target in extra.items():
+        if base_model(target) not in MODELS:
+            raise ConfigError(
+                f"models.aliases.{alias}: {target!r} is not one of {', '.join(MODELS)}"
+            )
     allow_partial = t.get("allow_partial", d.allow_partial)
     if not isinstance(allow_partial, bool):
         raise ConfigError("images.allow_partial: must be true or false")

@@ -17,6 +17,7 @@ import contextlib
 import enum
 import hashlib
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -228,7 +229,7 @@ class Pool:
             blocking = [h for h in (s.health, up) if h.state is not State.OK]
             if not blocking or any(h.state is not State.COOLING for h in blocking):
                 only_rate_limited = False
-        retry_after = max(1, int(min(waits) + 0.999)) if waits else 1
+        retry_after = max(1, math.ceil(min(waits))) if waits else 1
         if only_rate_limited:
             return NoCapacity(
                 429,

@@ -6,6 +6,8 @@ Pure functions only; every rule here has a table test in tests/test_translate.py
 from __future__ import annotations
 
 import fnmatch
+import math
+import re
 from collections.abc import Mapping
 
 from .errors import GatewayError, invalid, scrub
@@ -18,6 +20,7 @@ _B64_FAMILIES = ("gpt-image-*", "chatgpt-image-*")
 _OUTPUT_FORMATS = ("png", "jpeg", "webp")
 _MAX_N = 10
 _MAX_SIDE = 8192
+_DIGITS = re.compile(r"[0-9]{1,6}")
 
 
 def resolve_model(requested: str | None, default: str, aliases: Mapping[str, str]) -> str:
@@ -51,7 +54,8 @@ def parse_size(size: str | None) -> tuple[int, int] | None:
     if size is None or size == "auto":
         return None
     parts = size.lower().split("x")
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+    # ASCII digits only: str.isdigit() also accepts superscripts that int() refuses.
+    if len(parts) != 2 or not all(_DIGITS.fullmatch(p) for p in parts):
         raise invalid("size", f"Invalid size '{size}': use 'auto' or WIDTHxHEIGHT, e.g. 1024x1024.")
     w, h = int(parts[0]), int(parts[1])
     if w <= 0 or h <= 0 or max(w, h) > _MAX_SIDE:
@@ -221,7 +225,7 @@ def error_for(err: UpstreamError, secrets: tuple[str, ...] = ()) -> GatewayError
         )
     if kind is FailureKind.RATE_LIMITED:
         if err.retry_after is not None:
-            headers["retry-after"] = str(max(1, int(err.retry_after + 0.999)))
+            headers["retry-after"] = str(max(1, math.ceil(err.retry_after)))
         return GatewayError(
             429,
             "The upstream is rate-limiting the gateway; please retry shortly.",

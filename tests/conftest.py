@@ -41,8 +41,12 @@ class RunningGateway:
         self.url = f"http://127.0.0.1:{self.port}"
         self._server = uvicorn.Server(
             uvicorn.Config(
-                self.app, host="127.0.0.1", port=self.port, log_level="warning",
-                lifespan="on", timeout_graceful_shutdown=30,
+                self.app,
+                host="127.0.0.1",
+                port=self.port,
+                log_level="warning",
+                lifespan="on",
+                timeout_graceful_shutdown=30,
             )
         )
         self._thread = threading.Thread(target=self._server.run, daemon=True)
@@ -109,9 +113,13 @@ def upstream_toml(
         f'[[upstreams]]\nname = "{name}"\ntype = "{kind or fake.kind}"\n'
         f'base_url = "{fake.base_url}"\ntokens = [{listed}]\n'
         # Fast polling so defapi tests take milliseconds, not the production seconds.
-        + ('poll_interval_seconds = 0.02\npoll_max_interval_seconds = 0.05\n'
-           if (kind or fake.kind) == "defapi" else "")
-        + extra + "\n"
+        + (
+            "poll_interval_seconds = 0.02\npoll_max_interval_seconds = 0.05\n"
+            if (kind or fake.kind) == "defapi"
+            else ""
+        )
+        + extra
+        + "\n"
     )
 
 
@@ -157,4 +165,3 @@ def fake_factory() -> Iterator[Any]:
     yield start
     for fake in started:
         fake.stop()
-

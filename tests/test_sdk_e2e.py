@@ -19,7 +19,10 @@ from tests.conftest import CLIENT_KEY, CLIENTS_TOML, upstream_toml
 from tests.fakes.upstreams import jpeg_bytes, png_bytes, webp_bytes
 
 KINDS = ["acedata", "xhuoapi", "defapi"]
-DEFAPI_MODEL = {"nano-banana-pro": "google/nano-banana-pro", "nano-banana": "google/gemini-2.5-flash-image"}
+DEFAPI_MODEL = {
+    "nano-banana-pro": "google/nano-banana-pro",
+    "nano-banana": "google/gemini-2.5-flash-image",
+}
 
 
 @pytest.fixture(params=KINDS)
@@ -72,7 +75,7 @@ def test_generate_url_translates_size_and_model(setup):
 
 
 def test_generate_b64_json_is_the_real_image(setup):
-    fake, gw = setup
+    _fake, gw = setup
     resp = gw.client().images.generate(
         prompt="a lighthouse", model="nano-banana-pro", size="1792x1024", response_format="b64_json"
     )
@@ -93,7 +96,7 @@ def test_gpt_image_alias_defaults_to_b64_json(setup):
 
 
 def test_dalle_alias_defaults_to_url(setup):
-    fake, gw = setup
+    _fake, gw = setup
     resp = gw.client().images.generate(prompt="a cat", model="dall-e-3", size="1024x1024")
     assert resp.data[0].url and not resp.data[0].b64_json
 
@@ -104,8 +107,16 @@ def test_sdk_nulls_mean_default(setup):
         r = http.post(
             "/v1/images/generations",
             headers={"authorization": f"Bearer {CLIENT_KEY}"},
-            json={"prompt": "a cat", "model": None, "n": None, "size": None,
-                  "response_format": None, "quality": None, "style": None, "user": None},
+            json={
+                "prompt": "a cat",
+                "model": None,
+                "n": None,
+                "size": None,
+                "response_format": None,
+                "quality": None,
+                "style": None,
+                "user": None,
+            },
         )
     assert r.status_code == 200, r.text
     (body,) = _submitted(fake)
@@ -115,7 +126,9 @@ def test_sdk_nulls_mean_default(setup):
 @pytest.mark.parametrize("n", [3, 6])
 def test_n_images(setup, n):
     fake, gw = setup
-    resp = gw.client().images.generate(prompt="dice", model="nano-banana", n=n, response_format="url")
+    resp = gw.client().images.generate(
+        prompt="dice", model="nano-banana", n=n, response_format="url"
+    )
     assert len(resp.data) == n
     assert len({d.url for d in resp.data}) == n
     bodies = _submitted(fake)
@@ -126,17 +139,20 @@ def test_n_images(setup, n):
 
 
 def test_output_format_jpeg_reencodes(setup):
-    fake, gw = setup
+    _fake, gw = setup
     resp = gw.client().images.generate(
-        prompt="a cat", model="nano-banana", response_format="b64_json",
-        output_format="jpeg", output_compression=60,
+        prompt="a cat",
+        model="nano-banana",
+        response_format="b64_json",
+        output_format="jpeg",
+        output_compression=60,
     )
     assert _decode(resp.data[0].b64_json).format == "JPEG"
     assert resp.output_format == "jpeg"
 
 
 def test_stream_generation_yields_the_image(setup):
-    fake, gw = setup
+    _fake, gw = setup
     events = list(gw.client().images.generate(prompt="a cat", model="nano-banana", stream=True))
     completed = [e for e in events if e.type == "image_generation.completed"]
     assert len(completed) == 1
@@ -150,7 +166,9 @@ def test_edit_one_file(setup):
     fake, gw = setup
     upload = png_bytes(640, 640)
     resp = gw.client().images.edit(
-        image=("cat.png", upload, "image/png"), prompt="add a hat", model="nano-banana",
+        image=("cat.png", upload, "image/png"),
+        prompt="add a hat",
+        model="nano-banana",
         response_format="url",
     )
     assert resp.data[0].url
@@ -165,10 +183,16 @@ def test_edit_several_files_keeps_order_and_sniffs_types(setup):
     fake, gw = setup
     files = [png_bytes(512, 512), jpeg_bytes(300, 300), webp_bytes(200, 200)]
     # Raw bytes: the SDK sends them as 'upload' with application/octet-stream.
-    gw.client().images.edit(image=files, prompt="combine", model="nano-banana", response_format="url")
+    gw.client().images.edit(
+        image=files, prompt="combine", model="nano-banana", response_format="url"
+    )
     (body,) = _submitted(fake)
     refs = body["images"] if fake.kind == "defapi" else body["image_urls"]
-    assert [r.split(";")[0] for r in refs] == ["data:image/png", "data:image/jpeg", "data:image/webp"]
+    assert [r.split(";")[0] for r in refs] == [
+        "data:image/png",
+        "data:image/jpeg",
+        "data:image/webp",
+    ]
     assert [base64.b64decode(r.split(",", 1)[1]) for r in refs] == files
 
 
@@ -192,7 +216,9 @@ def test_edit_json_form_with_image_urls(setup):
     fake, gw = setup
     jpeg = jpeg_bytes(64, 64)
     payload = {
-        "model": "nano-banana", "prompt": "recolour", "response_format": "url",
+        "model": "nano-banana",
+        "prompt": "recolour",
+        "response_format": "url",
         "images": [
             {"image_url": "https://example.invalid/a.png"},
             # Mislabelled on purpose: the bytes are JPEG.
@@ -200,7 +226,9 @@ def test_edit_json_form_with_image_urls(setup):
         ],
     }
     with gw.http() as http:
-        r = http.post("/v1/images/edits", headers={"authorization": f"Bearer {CLIENT_KEY}"}, json=payload)
+        r = http.post(
+            "/v1/images/edits", headers={"authorization": f"Bearer {CLIENT_KEY}"}, json=payload
+        )
     assert r.status_code == 200, r.text
     (body,) = _submitted(fake)
     refs = body["images"] if fake.kind == "defapi" else body["image_urls"]
@@ -209,9 +237,11 @@ def test_edit_json_form_with_image_urls(setup):
 
 
 def test_stream_edit_yields_the_image(setup):
-    fake, gw = setup
+    _fake, gw = setup
     stream = gw.client().images.edit(
-        image=("in.png", png_bytes(300, 200), "image/png"), prompt="sharpen", model="nano-banana",
+        image=("in.png", png_bytes(300, 200), "image/png"),
+        prompt="sharpen",
+        model="nano-banana",
         stream=True,
     )
     completed = [e for e in stream if e.type == "image_edit.completed"]
@@ -222,7 +252,7 @@ def test_stream_edit_yields_the_image(setup):
 
 
 def test_models_list(setup):
-    fake, gw = setup
+    _fake, gw = setup
     ids = {m.id for m in gw.client().models.list()}
     assert {"nano-banana", "nano-banana-2", "nano-banana-pro"} <= ids
     assert {"gpt-image-1", "dall-e-3"} <= ids
@@ -251,7 +281,10 @@ def acedata(fake_factory, gateway_factory):
         ({"prompt": "x", "response_format": "gif"}, "response_format"),
         ({"prompt": "x", "output_format": "svg", "response_format": "b64_json"}, "output_format"),
         ({"prompt": "x", "output_format": "jpeg", "response_format": "url"}, "output_format"),
-        ({"prompt": "x", "output_compression": 101, "response_format": "b64_json"}, "output_compression"),
+        (
+            {"prompt": "x", "output_compression": 101, "response_format": "b64_json"},
+            "output_compression",
+        ),
         ({"prompt": "x", "background": "transparent"}, "background"),
         ({"prompt": "x", "quality": "ultra"}, "quality"),
         ({"prompt": "x", "frame_count": 4}, "frame_count"),
@@ -278,26 +311,42 @@ def test_bad_edit_inputs(acedata):
     assert info.value.body["param"] == "image"
     with pytest.raises(openai.BadRequestError) as info:
         # A square picture cannot be edited into a landscape one upstream.
-        client.images.edit(image=png_bytes(64, 64), prompt="x", size="1536x1024", model="gpt-image-1")
+        client.images.edit(
+            image=png_bytes(64, 64), prompt="x", size="1536x1024", model="gpt-image-1"
+        )
     assert info.value.body["param"] == "size"
     with pytest.raises(openai.BadRequestError) as info:
         client.images.edit(image=png_bytes(64, 64), prompt="x", n=12)
     assert info.value.body["param"] == "n"
     with gw.http() as http:
-        r = http.post("/v1/images/edits", headers={"authorization": f"Bearer {CLIENT_KEY}"},
-                      json={"prompt": "x", "images": [{"file_id": "file-123"}]})
+        r = http.post(
+            "/v1/images/edits",
+            headers={"authorization": f"Bearer {CLIENT_KEY}"},
+            json={"prompt": "x", "images": [{"file_id": "file-123"}]},
+        )
         assert r.status_code == 400 and r.json()["error"]["param"] == "images[0].file_id"
-        r = http.post("/v1/images/edits", headers={"authorization": f"Bearer {CLIENT_KEY}"},
-                      json={"prompt": "x", "images": [{"image_url": "data:image/png;base64,@@@"}]})
+        r = http.post(
+            "/v1/images/edits",
+            headers={"authorization": f"Bearer {CLIENT_KEY}"},
+            json={"prompt": "x", "images": [{"image_url": "data:image/png;base64,@@@"}]},
+        )
         assert r.status_code == 400 and r.json()["error"]["param"] == "images[0].image_url"
-        r = http.post("/v1/images/generations", headers={"authorization": f"Bearer {CLIENT_KEY}",
-                      "content-type": "application/json"}, content=b"{not json")
-        assert r.status_code == 400 and set(r.json()["error"]) == {"message", "type", "param", "code"}
+        r = http.post(
+            "/v1/images/generations",
+            headers={"authorization": f"Bearer {CLIENT_KEY}", "content-type": "application/json"},
+            content=b"{not json",
+        )
+        assert r.status_code == 400 and set(r.json()["error"]) == {
+            "message",
+            "type",
+            "param",
+            "code",
+        }
     assert fake.generation_calls() == []
 
 
 def test_authentication_errors(acedata):
-    fake, gw = acedata
+    _fake, gw = acedata
     with pytest.raises(openai.AuthenticationError) as info:
         gw.client(key="sk-wrong-key-000000").images.generate(prompt="x")
     assert info.value.body["code"] == "invalid_api_key"
@@ -305,11 +354,15 @@ def test_authentication_errors(acedata):
     with pytest.raises(openai.AuthenticationError):
         gw.client(key="sk-wrong-key-000000").models.list()
     # The second configured client works too.
-    assert gw.client(key="sk-team-b-0123456789").images.generate(prompt="x", response_format="url").data
+    assert (
+        gw.client(key="sk-team-b-0123456789")
+        .images.generate(prompt="x", response_format="url")
+        .data
+    )
 
 
 def test_unknown_model_is_not_found(acedata):
-    fake, gw = acedata
+    _fake, gw = acedata
     with pytest.raises(openai.NotFoundError) as info:
         gw.client().images.generate(prompt="x", model="stable-diffusion-xl")
     assert info.value.body["param"] == "model"
@@ -344,13 +397,19 @@ def test_rate_limit_is_429_with_retry_after(acedata):
 
 @pytest.mark.parametrize(
     ("behaviour", "status"),
-    [("used_up", 503), ("invalid_token", 503), ("server_error", 502), ("invalid_json", 502),
-     ("drop", 502)],
+    [
+        ("used_up", 503),
+        ("invalid_token", 503),
+        ("server_error", 502),
+        ("invalid_json", 502),
+        ("drop", 502),
+    ],
 )
 def test_upstream_failures_map_to_5xx(fake_factory, gateway_factory, behaviour, status):
     fake = fake_factory("acedata")
     gw = gateway_factory(
-        upstream_toml("ace", fake, ["tok-1"]) + CLIENTS_TOML
+        upstream_toml("ace", fake, ["tok-1"])
+        + CLIENTS_TOML
         + "[pool]\nmax_attempts = 2\nretry_backoff_seconds = 0.01\n"
     )
     fake.behave("tok-1", behaviour)
@@ -367,7 +426,8 @@ def test_upstream_timeout_is_504(fake_factory, gateway_factory):
     fake = fake_factory("acedata")
     fake.behave("tok-1", "timeout", sleep=5)
     gw = gateway_factory(
-        upstream_toml("ace", fake, ["tok-1"], extra="timeout_seconds = 0.3") + CLIENTS_TOML
+        upstream_toml("ace", fake, ["tok-1"], extra="timeout_seconds = 0.3")
+        + CLIENTS_TOML
         + "[pool]\nmax_attempts = 1\n"
     )
     with pytest.raises(openai.InternalServerError) as info:
@@ -377,7 +437,7 @@ def test_upstream_timeout_is_504(fake_factory, gateway_factory):
 
 
 def test_unknown_route_is_openai_shaped_404(acedata):
-    fake, gw = acedata
+    _fake, gw = acedata
     with gw.http() as http:
         r = http.get("/v1/nothing-here")
     assert r.status_code == 404
@@ -391,13 +451,19 @@ def test_unknown_route_is_openai_shaped_404(acedata):
 def test_stream_sends_keepalives_while_waiting(fake_factory, gateway_factory):
     fake = fake_factory("acedata", latency=0.6)
     gw = gateway_factory(
-        upstream_toml("ace", fake, ["tok-1"]) + CLIENTS_TOML
+        upstream_toml("ace", fake, ["tok-1"])
+        + CLIENTS_TOML
         + "[images]\nstream_keepalive_seconds = 0.1\n"
     )
-    with gw.http() as http, http.stream(
-        "POST", "/v1/images/generations", headers={"authorization": f"Bearer {CLIENT_KEY}"},
-        json={"prompt": "slow", "stream": True, "model": "nano-banana"},
-    ) as r:
+    with (
+        gw.http() as http,
+        http.stream(
+            "POST",
+            "/v1/images/generations",
+            headers={"authorization": f"Bearer {CLIENT_KEY}"},
+            json={"prompt": "slow", "stream": True, "model": "nano-banana"},
+        ) as r,
+    ):
         assert r.headers["content-type"].startswith("text/event-stream")
         text = "".join(r.iter_text())
     assert text.count(": keep-alive") >= 2
@@ -409,12 +475,16 @@ def test_stream_error_after_start_raises_in_sdk(fake_factory, gateway_factory):
     fake = fake_factory("acedata")
     fake.behave("tok-1", "slow", sleep=0.5)
     gw = gateway_factory(
-        upstream_toml("ace", fake, ["tok-1"], extra="timeout_seconds = 0.3") + CLIENTS_TOML
+        upstream_toml("ace", fake, ["tok-1"], extra="timeout_seconds = 0.3")
+        + CLIENTS_TOML
         + "[images]\nstream_keepalive_seconds = 0.05\n[pool]\nmax_attempts = 1\n"
     )
     with pytest.raises(openai.APIError) as info:
         list(gw.client().images.generate(prompt="x", stream=True))
-    assert "did not finish" in str(info.value.message) or "timed out" in str(info.value.message).lower()
+    assert (
+        "did not finish" in str(info.value.message)
+        or "timed out" in str(info.value.message).lower()
+    )
 
 
 def test_stream_early_failure_keeps_its_status(acedata):
@@ -431,8 +501,9 @@ def test_stream_early_failure_keeps_its_status(acedata):
 def test_mock_upstream_without_tokens(gateway_factory):
     gw = gateway_factory("")
     client = gw.client(key="anything-goes")
-    resp = client.images.generate(prompt="hello", model="nano-banana-pro", size="1024x1536",
-                                  response_format="b64_json")
+    resp = client.images.generate(
+        prompt="hello", model="nano-banana-pro", size="1024x1536", response_format="b64_json"
+    )
     assert _decode(resp.data[0].b64_json).size == (1696, 2528)  # 2:3 at 2K
     url_resp = client.images.generate(prompt="hello", response_format="url")
     fetched = httpx.get(url_resp.data[0].url)

@@ -1,0 +1,263 @@
+"""Tests for image bytes: sniffing, data: URIs, sizes, re-encoding and the mock placeholder."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from gateway.media import (
+    decode_data_uri,
+    image_size,
+    placeholder_png,
+    reencode,
+    sniff_mime,
+    to_data_uri,
+)
+
+PIL_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP", "image/gif": "GIF"}
+
+
+def make_image(fmt: str, size: tuple[int, int] = (40, 30), mode: str = "RGB") -> bytes:
+    """Real image bytes from Pillow."""
+    colour: tuple[int, ...] | int
+    colour = {"RGB": (200, 30, 30), "RGBA": (200, 30, 30, 128), "L": 90, "LA": (90, 200)}.get(
+        mode, 1
+    )
+    im = Image.new(mode, size, colour)
+    out = io.BytesIO()
+    im.save(out, fmt)
+    return out.getvalue()
+
+
+def decoded(data: bytes) -> Image.Image:
+    """Fully decode bytes with Pillow."""
+    im = Image.open(io.BytesIO(data))
+    im.load()
+    return im
+
+
+# --------------------------------------------------------------------------- sniff_mime
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mime"),
+    [
+        pytest.param("PNG", "image/png", id="png"),
+        pytest.param("JPEG", "image/jpeg", id="jpeg"),
+        pytest.param("WEBP", "image/webp", id="webp"),
+        pytest.param("GIF", "image/gif", id="gif"),
+        pytest.param("BMP", "image/bmp", id="bmp"),
+    ],
+)
+def test_sniff_mime_real_images(fmt: str, mime: str) -> None:
+    assert sniff_mime(make_image(fmt)) == mime
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(b"hello world, not an image", id="text"),
+        pytest.param(b"%PDF-1.7\n", id="pdf"),
+        pytest.param(b"PK\x03\x04zipfile", id="zip"),
+        pytest.param(b"RIFF\x24\x00\x00\x00WAVEfmt ", id="riff-wave"),
+        pytest.param(b"\x89PN", id="truncated-png-magic"),
+        pytest.param(b"<svg xmlns='http://www.w3.org/2000/svg'/>", id="svg"),
+        pytest.param(b"\x00" * 64, id="zeros"),
+    ],
+)
+def test_sniff_mime_junk_is_none(data: bytes) -> None:
+    assert sniff_mime(data) is None
+
+
+def test_sniff_mime_ignores_trailing_bytes() -> None:
+    assert sniff_mime(make_image("PNG") + b"trailing junk") == "image/png"
+
+
+# --------------------------------------------------------------------------- data: URIs
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mime"),
+    [
+        pytest.param("PNG", "image/png", id="png"),
+        pytest.param("JPEG", "image/jpeg", id="jpeg"),
+        pytest.param("WEBP", "image/webp", id="webp"),
+    ],
+)
+def test_data_uri_round_trip(fmt: str, mime: str) -> None:
+    data = make_image(fmt)
+    uri = to_data_uri(data, mime)
+    assert uri.startswith(f"data:{mime};base64,")
+    assert decode_data_uri(uri) == (data, mime)
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        pytest.param("data:image/png;base64,aGk=", (b"hi", "image/png"), id="plain"),
+        pytest.param("DATA:IMAGE/PNG;BASE64,aGk=", (b"hi", "IMAGE/PNG"), id="upper-case"),
+        pytest.param(
+            "data:image/png;name=cat.png;base64,aGk=", (b"hi", "image/png"), id="with-param"
+        ),
+        pytest.param("data:;base64,aGk=", (b"hi", None), id="no-mime"),
+        pytest.param("data:image/svg+xml;base64,aGk=", (b"hi", "image/svg+xml"), id="plus-mime"),
+        pytest.param("data:image/png;base64,", (b"", "image/png"), id="empty-payload"),
+    ],
+)
+def test_decode_data_uri(uri: str, expected: tuple[bytes, str | None]) -> None:
+    assert decode_data_uri(uri) == expected
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        pytest.param("https://cdn.example.com/a.png", id="https-url"),
+        pytest.param("data:image/png,rawbytes", id="not-base64"),
+        pytest.param("data:text/plain;charset=utf-8,hello", id="text-data-uri"),
+        pytest.param("iVBORw0KGgo=", id="bare-base64"),
+        pytest.param("", id="empty"),
+    ],
+)
+def test_decode_data_uri_not_a_base64_data_uri(uri: str) -> None:
+    assert decode_data_uri(uri) is None
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param("@@@@", id="bad-characters"),
+        pytest.param("aGk", id="missing-padding"),
+        pytest.param("aG=k", id="padding-in-middle"),
+        pytest.param("aGk=!", id="trailing-junk"),
+    ],
+)
+def test_decode_data_uri_broken_base64_raises(payload: str) -> None:
+    with pytest.raises(ValueError, match="base64"):
+        decode_data_uri(f"data:image/png;base64,{payload}")
+
+
+# --------------------------------------------------------------------------- image_size
+
+
+@pytest.mark.parametrize(
+    ("fmt", "size"),
+    [
+        pytest.param("PNG", (1536, 1024), id="png-landscape"),
+        pytest.param("JPEG", (864, 1184), id="jpeg-portrait"),
+        pytest.param("WEBP", (33, 17), id="webp-odd"),
+        pytest.param("GIF", (1, 1), id="gif-one-pixel"),
+    ],
+)
+def test_image_size(fmt: str, size: tuple[int, int]) -> None:
+    assert image_size(make_image(fmt, size)) == size
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(b"not an image at all", id="text"),
+        pytest.param(b"\x89PNG\r\n\x1a\n", id="png-magic-only"),
+    ],
+)
+def test_image_size_unreadable_is_none(data: bytes) -> None:
+    assert image_size(data) is None
+
+
+# --------------------------------------------------------------------------- reencode
+
+
+@pytest.mark.parametrize(
+    ("src_fmt", "mode", "fmt", "quality", "pil_format"),
+    [
+        pytest.param("PNG", "RGB", "jpeg", None, "JPEG", id="png-to-jpeg"),
+        pytest.param("PNG", "RGB", "jpeg", 0, "JPEG", id="png-to-jpeg-q0"),
+        pytest.param("PNG", "RGBA", "jpeg", 80, "JPEG", id="rgba-to-jpeg"),
+        pytest.param("PNG", "LA", "jpeg", 80, "JPEG", id="gray-alpha-to-jpeg"),
+        pytest.param("PNG", "P", "jpeg", 80, "JPEG", id="palette-to-jpeg"),
+        pytest.param("PNG", "L", "jpeg", 50, "JPEG", id="gray-to-jpeg"),
+        pytest.param("GIF", "P", "jpeg", None, "JPEG", id="gif-to-jpeg"),
+        pytest.param("PNG", "RGB", "webp", None, "WEBP", id="png-to-webp"),
+        pytest.param("PNG", "RGBA", "webp", 0, "WEBP", id="rgba-to-webp-q0"),
+        pytest.param("JPEG", "RGB", "webp", 100, "WEBP", id="jpeg-to-webp"),
+        pytest.param("JPEG", "RGB", "png", None, "PNG", id="jpeg-to-png"),
+        pytest.param("WEBP", "RGB", "png", 50, "PNG", id="webp-to-png"),
+        pytest.param("PNG", "RGBA", "png", None, "PNG", id="png-to-png"),
+    ],
+)
+def test_reencode(src_fmt: str, mode: str, fmt: str, quality: int | None, pil_format: str) -> None:
+    size = (48, 32)
+    out = reencode(make_image(src_fmt, size, mode), fmt, quality)
+    im = decoded(out)
+    assert im.format == pil_format
+    assert im.size == size
+    assert sniff_mime(out) == f"image/{fmt}"
+
+
+def test_reencode_rgba_to_jpeg_flattens_on_white() -> None:
+    im = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
+    im.paste((255, 0, 0, 255), (0, 0, 8, 16))
+    src = io.BytesIO()
+    im.save(src, "PNG")
+    out = decoded(reencode(src.getvalue(), "jpeg", 95)).convert("RGB")
+    r, g, b = out.getpixel((12, 8))  # transparent half
+    assert min(r, g, b) > 240
+    r, g, b = out.getpixel((3, 8))  # opaque red half
+    assert r > 200 and g < 60 and b < 60
+
+
+def test_reencode_png_keeps_alpha() -> None:
+    out = decoded(reencode(make_image("PNG", (8, 8), "RGBA"), "png", None))
+    assert out.mode == "RGBA"
+    assert out.getpixel((4, 4))[3] == 128
+
+
+def test_reencode_quality_changes_jpeg_size() -> None:
+    noisy = Image.effect_noise((128, 128), 80).convert("RGB")
+    src = io.BytesIO()
+    noisy.save(src, "PNG")
+    small = reencode(src.getvalue(), "jpeg", 10)
+    large = reencode(src.getvalue(), "jpeg", 95)
+    assert len(small) < len(large)
+
+
+def test_reencode_junk_raises() -> None:
+    with pytest.raises(OSError):
+        reencode(b"not an image", "jpeg", None)
+
+
+# --------------------------------------------------------------------------- placeholder_png
+
+
+@pytest.mark.parametrize(
+    ("width", "height"),
+    [
+        pytest.param(1024, 1024, id="1K-square"),
+        pytest.param(1376, 768, id="gemini-16-9"),
+        pytest.param(832, 1248, id="flash-2-3"),
+        pytest.param(2752, 1536, id="pro-16-9-2K"),
+        pytest.param(64, 48, id="small"),
+        pytest.param(4, 4, id="tiny"),
+    ],
+)
+def test_placeholder_png_size(width: int, height: int) -> None:
+    data = placeholder_png(width, height, "a banana")
+    assert sniff_mime(data) == "image/png"
+    assert image_size(data) == (width, height)
+    im = decoded(data)
+    assert (im.format, im.size) == ("PNG", (width, height))
+
+
+def test_placeholder_png_is_not_blank() -> None:
+    im = decoded(placeholder_png(256, 256, "label")).convert("RGB")
+    colours = im.getcolors(maxcolors=256 * 256)
+    assert colours is not None
+    assert len(colours) > 2
+
+
+def test_placeholder_png_long_label() -> None:
+    data = placeholder_png(128, 96, "x" * 5000)
+    assert decoded(data).size == (128, 96)
