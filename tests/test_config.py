@@ -104,6 +104,7 @@ def test_parse_config_example() -> None:
 def test_parse_config_shipped_configmap_parses() -> None:
     """The TOML shipped in deploy/ is accepted when its variables are set."""
     import yaml  # PyYAML: part of the test extra
+
     path = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes" / "configmap.yaml"
     text = yaml.safe_load(path.read_text())["data"]["config.toml"]
     config = parse(text, EXAMPLE_ENV)

@@ -37,9 +37,14 @@ def test_prometheus_scrapes_gateway_metrics(tmp_path: Path, fake_factory, gatewa
         f"      - targets: ['127.0.0.1:{gw.port}']\n"
     )
     proc = subprocess.Popen(
-        [binary, f"--config.file={tmp_path / 'prometheus.yml'}",
-         f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            binary,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -65,7 +70,8 @@ def test_prometheus_scrapes_gateway_metrics(tmp_path: Path, fake_factory, gatewa
         assert up and up[0]["value"][1] == "1"
         # A dashboard-style rate() query works on the exported histogram.
         latency = _query(
-            base, "histogram_quantile(0.95, sum by (le) (nano_banana_request_duration_seconds_bucket))"
+            base,
+            "histogram_quantile(0.95, sum by (le) (nano_banana_request_duration_seconds_bucket))",
         )
         assert latency and latency[0]["value"][1] != "NaN"
     finally:
