@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         log_level=config.server.log_level,
         # Image calls take minutes: on SIGTERM stop accepting, let in-flight ones finish.
-        timeout_graceful_shutdown=config.server.shutdown_grace_seconds,
+        timeout_graceful_shutdown=int(config.server.shutdown_grace_seconds),
         timeout_keep_alive=75,
         proxy_headers=True,
     )

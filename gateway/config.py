@@ -266,8 +266,8 @@ def _parse_upstream(
             "mock_latency_seconds",
         },
     )
-    name = _str(item, "name", where, required=True)
-    kind = _str(item, "type", where, required=True)
+    name = _required_str(item, "name", where)
+    kind = _required_str(item, "type", where)
     if kind not in UPSTREAM_TYPES:
         raise ConfigError(f"{where}.type: {kind!r} is not one of {', '.join(UPSTREAM_TYPES)}")
     base_url = _str(item, "base_url", where) or DEFAULT_BASE_URLS[kind]
@@ -323,10 +323,10 @@ def _parse_client(
     item: Mapping[str, Any], where: str, env: Mapping[str, str], expand: bool
 ) -> ClientConfig:
     _only_keys(item, where, {"name", "key"})
-    name = _str(item, "name", where, required=True)
+    name = _required_str(item, "name", where)
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
         raise ConfigError(f"{where}.name: use letters, digits, '-', '_' or '.' (it is a label)")
-    key = _str(item, "key", where, required=True)
+    key = _required_str(item, "key", where)
     key = _expand(key, f"{where}.key", env) if expand else key
     if len(key) < 8:
         raise ConfigError(f"{where}.key: too short (at least 8 characters)")
@@ -464,6 +464,12 @@ def _list_of_tables(raw: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]
     value = raw.get(key, [])
     if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
         raise ConfigError(f"{key}: must be an array of tables ([[{key}]])")
+    return value
+
+
+def _required_str(t: Mapping[str, Any], key: str, where: str) -> str:
+    value = _str(t, key, where, required=True)
+    assert value is not None  # _str raised otherwise
     return value
 
 

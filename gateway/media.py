@@ -73,11 +73,12 @@ def reencode(data: bytes, fmt: str, quality: int | None) -> bytes:
         out = io.BytesIO()
         if fmt == "jpeg":
             # JPEG has no alpha; flatten on white rather than let Pillow refuse.
+            flat: Image.Image = im
             if im.mode not in ("RGB", "L"):
-                rgb = Image.new("RGB", im.size, (255, 255, 255))
-                rgb.paste(im.convert("RGBA"), mask=im.convert("RGBA").split()[3])
-                im = rgb
-            im.save(out, "JPEG", quality=100 if quality is None else max(1, quality))
+                flat = Image.new("RGB", im.size, (255, 255, 255))
+                rgba = im.convert("RGBA")
+                flat.paste(rgba, mask=rgba.split()[3])
+            flat.save(out, "JPEG", quality=100 if quality is None else max(1, quality))
         elif fmt == "webp":
             im.save(out, "WEBP", quality=100 if quality is None else quality)
         else:

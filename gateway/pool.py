@@ -323,11 +323,11 @@ class Pool:
                 raise
             except Exception as exc:  # a bug in a provider module must not lose the request
                 log.exception("upstream %s raised unexpectedly", slot.upstream.name)
-                err = UpstreamError(
+                bug = UpstreamError(
                     FailureKind.MALFORMED, f"{slot.upstream.name}: {type(exc).__name__}"
                 )
-                self._failed(slot, err, started)
-                last = err
+                self._failed(slot, bug, started)
+                last = bug
                 continue
             finally:
                 self._release(slot)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 from .errors import GatewayError, invalid, scrub
 from .models import MODELS, base_model, nearest_aspect_ratio, produced_size
-from .types import ImageRequest, Job, Output
+from .types import Action, ImageRequest, Job, Output
 from .upstreams.base import FailureKind, UpstreamError
 
 # OpenAI's GPT image models always answer with b64_json; apps built on them read it blindly.
@@ -156,7 +156,7 @@ def build_job(
     if req.endpoint == "edits":
         if not req.images:
             raise invalid("image", "An edit needs at least one image.")
-        action = "edit"
+        action: Action = "edit"
     else:
         action = "generate"
 

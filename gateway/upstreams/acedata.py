@@ -104,9 +104,10 @@ def parse_answer(
                 trace_id=trace_id,
             )
         return UpstreamResult(images=urls, task_id=task_id, trace_id=trace_id)
-    err = payload.get("error") if isinstance(payload.get("error"), dict) else {}
+    raw_err = payload.get("error")
+    err: dict[str, Any] = raw_err if isinstance(raw_err, dict) else {}
     code = err.get("code") if isinstance(err.get("code"), str) else None
-    message = err.get("message") if isinstance(err.get("message"), str) else f"HTTP {status}"
+    message = str(err["message"]) if isinstance(err.get("message"), str) else f"HTTP {status}"
     kind = classify(status if status != 200 else 500, code)
     raise UpstreamError(
         kind,

@@ -167,7 +167,8 @@ class DefApiUpstream(Upstream):
                 f"{self.name}: submit answered HTTP {resp.status_code} with a non-JSON body",
                 status=resp.status_code,
             )
-        data = payload.get("data") if isinstance(payload.get("data"), dict) else {}
+        raw_data = payload.get("data")
+        data: dict[str, Any] = raw_data if isinstance(raw_data, dict) else {}
         task_id = data.get("task_id")
         if resp.status_code != 200 or payload.get("code") != 0 or not isinstance(task_id, str):
             message = str(
