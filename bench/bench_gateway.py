@@ -54,7 +54,9 @@ def start_gateway(config_text: str, tmp: Path) -> tuple[subprocess.Popen, str]:
     cfg.write_text(config_text)
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", "--config", str(cfg), "--port", str(port)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/healthz")
@@ -71,8 +73,9 @@ def start_fake(latency: float) -> tuple[subprocess.Popen, str]:
         "fake.start()\n"
         "while True: time.sleep(3600)\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -96,7 +99,8 @@ async def load(url: str, total: int, concurrency: int, body: dict) -> dict[str, 
                 t0 = time.perf_counter()
                 try:
                     async with session.post(
-                        f"{url}/v1/images/generations", json=body,
+                        f"{url}/v1/images/generations",
+                        json=body,
                         timeout=aiohttp.ClientTimeout(total=120),
                     ) as r:
                         await r.read()
@@ -139,15 +143,22 @@ def main() -> int:
         tmp = Path(tmp_name)
         try:
             gw, gw_url = start_gateway(
-                '[[upstreams]]\nname = "mock"\ntype = "mock"\n'
-                '[server]\nlog_level = "warning"\n', tmp)
+                '[[upstreams]]\nname = "mock"\ntype = "mock"\n[server]\nlog_level = "warning"\n',
+                tmp,
+            )
             procs.append(gw)
-            body = {"prompt": "bench", "model": "nano-banana", "response_format": "url",
-                    "size": "256x256"}
+            body = {
+                "prompt": "bench",
+                "model": "nano-banana",
+                "response_format": "url",
+                "size": "256x256",
+            }
             asyncio.run(load(gw_url, 200, 32, body))  # warm-up
-            report("mock, url, concurrency 64",
-                   asyncio.run(load(gw_url, int(4000 * scale), 64, body)),
-                   "(placeholder PNG drawn per request)")
+            report(
+                "mock, url, concurrency 64",
+                asyncio.run(load(gw_url, int(4000 * scale), 64, body)),
+                "(placeholder PNG drawn per request)",
+            )
 
             latency = 1.0
             fake, fake_url = start_fake(latency)
@@ -155,15 +166,20 @@ def main() -> int:
             gw2, gw2_url = start_gateway(
                 '[[upstreams]]\nname = "ace"\ntype = "acedata"\n'
                 f'base_url = "{fake_url}"\ntokens = ["t1", "t2", "t3", "t4"]\n'
-                '[server]\nlog_level = "warning"\n', tmp)
+                '[server]\nlog_level = "warning"\n',
+                tmp,
+            )
             procs.append(gw2)
             body = {"prompt": "bench", "model": "nano-banana", "response_format": "url"}
             for concurrency in (100, 500):
                 total = int(concurrency * 4 * scale) or concurrency
                 r = asyncio.run(load(gw2_url, total, concurrency, body))
-                report(f"acedata fake {latency:.0f}s, concurrency {concurrency}", r,
-                       f"(overhead p50 {(r['p50_s'] - latency) * 1000:.0f} ms,"
-                       f" p99 {(r['p99_s'] - latency) * 1000:.0f} ms)")
+                report(
+                    f"acedata fake {latency:.0f}s, concurrency {concurrency}",
+                    r,
+                    f"(overhead p50 {(r['p50_s'] - latency) * 1000:.0f} ms,"
+                    f" p99 {(r['p99_s'] - latency) * 1000:.0f} ms)",
+                )
         finally:
             for p in procs:
                 p.send_signal(signal.SIGTERM)

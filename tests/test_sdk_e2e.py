@@ -512,3 +512,153 @@ def test_mock_upstream_without_tokens(gateway_factory):
     assert "mock" in (models.model_extra or {}).get("warning", "").lower()
     edit = client.images.edit(image=png_bytes(300, 200), prompt="x", response_format="b64_json")
     assert _decode(edit.data[0].b64_json).size == (1248, 832)  # the first image's 3:2
+
+
+# ------------------------------------------------------------------ n: partial results
+
+
+def test_partial_result_is_an_error_unless_the_caller_accepts_it(fake_factory, gateway_factory):
+    fake = fake_factory("acedata")
+    fake.behave("tok-1", "partial")  # answers 1 image whatever count it was asked for
+    gw = gateway_factory(upstream_toml("ace", fake, ["tok-1"]) + CLIENTS_TOML)
+    with pytest.raises(openai.InternalServerError) as info:
+        gw.client().images.generate(prompt="three", n=3, response_format="url")
+    assert info.value.status_code == 502
+    assert info.value.body["code"] == "partial_result"
+    # The missing images were asked for once more before giving up.
+    assert [c.json["count"] for c in fake.generation_calls()] == [3, 2]
+    fake.reset()
+    resp = gw.client().images.generate(
+        prompt="three",
+        n=3,
+        response_format="url",
+        extra_headers={"x-gateway-allow-partial": "true"},
+    )
+    assert len(resp.data) == 2
+    assert [c.json["count"] for c in fake.generation_calls()] == [3, 2]
+
+
+# ------------------------------------------------------------------ defapi specifics
+
+
+@pytest.fixture
+def defapi(fake_factory, gateway_factory):
+    fake = fake_factory("defapi")
+    gw = gateway_factory(
+        upstream_toml("def", fake, ["tok-1"], extra="poll_deadline_seconds = 1.0")
+        + CLIENTS_TOML
+        + "[pool]\nmax_attempts = 1\n"
+    )
+    return fake, gw
+
+
+def test_defapi_tolerates_early_task_not_found(defapi):
+    fake, gw = defapi
+    fake.behave("tok-1", "ok", not_found_polls=3, pending_polls=2)
+    resp = gw.client().images.generate(prompt="x", response_format="url")
+    assert resp.data[0].url
+    polls = fake.calls(path="/api/task/query")
+    assert len(polls) == 6  # 3 not found, 2 in progress, then success
+    assert all(p.token == "tok-1" for p in polls)
+
+
+def test_defapi_text_result_is_a_failure(defapi):
+    fake, gw = defapi
+    fake.behave("tok-1", "text_result", text="I can only describe this, not draw it")
+    with pytest.raises(openai.BadRequestError) as info:
+        gw.client().images.generate(prompt="x")
+    assert info.value.body["code"] == "content_policy_violation"
+    assert "instead of an image" in info.value.body["message"]
+
+
+def test_defapi_failed_task_is_502(defapi):
+    fake, gw = defapi
+    fake.behave("tok-1", "failed", reason="upstream model crashed")
+    with pytest.raises(openai.InternalServerError) as info:
+        gw.client().images.generate(prompt="x")
+    assert info.value.status_code == 502
+    assert "upstream model crashed" in info.value.body["message"]
+
+
+def test_defapi_task_that_never_finishes_times_out(defapi):
+    fake, gw = defapi
+    fake.behave("tok-1", "never")
+    with pytest.raises(openai.InternalServerError) as info:
+        gw.client().images.generate(prompt="x")
+    assert info.value.status_code == 504
+    assert info.value.response.headers["x-upstream-task-id"].startswith("ta")
+
+
+def test_defapi_more_than_four_images_is_refused_by_name(defapi):
+    fake, gw = defapi
+    with pytest.raises(openai.BadRequestError) as info:
+        gw.client().images.edit(image=[png_bytes(32, 32)] * 5, prompt="x")
+    assert info.value.body["param"] == "image"
+    assert fake.generation_calls() == []
+
+
+def test_more_than_four_images_go_to_an_upstream_that_takes_them(fake_factory, gateway_factory):
+    small = fake_factory("defapi")
+    large = fake_factory("acedata")
+    gw = gateway_factory(
+        upstream_toml("def", small, ["d1"], extra="priority = 0")
+        + upstream_toml("ace", large, ["a1"], extra="priority = 1")
+        + CLIENTS_TOML
+    )
+    gw.client().images.edit(image=[png_bytes(32, 32)] * 6, prompt="x", response_format="url")
+    assert small.generation_calls() == []
+    assert len(large.generation_calls()[0].json["image_urls"]) == 6
+
+
+# ------------------------------------------------------------------ downloads
+
+
+def test_download_sends_browser_user_agent(defapi):
+    fake, gw = defapi
+    fake.cdn_behaviour = "browser_ua_only"
+    resp = gw.client().images.generate(prompt="x", response_format="b64_json")
+    assert _decode(resp.data[0].b64_json).format == "PNG"
+
+
+def test_download_failures_are_502(defapi):
+    fake, gw = defapi
+    fake.cdn_behaviour = "not_found"
+    with pytest.raises(openai.InternalServerError) as info:
+        gw.client().images.generate(prompt="x", response_format="b64_json")
+    assert info.value.status_code == 502
+    assert info.value.body["code"] == "image_download_failed"
+
+
+def test_download_is_bounded_in_size(fake_factory, gateway_factory):
+    fake = fake_factory("acedata")
+    gw = gateway_factory(
+        upstream_toml("ace", fake, ["tok-1"])
+        + CLIENTS_TOML
+        + "[images]\ndownload_max_bytes = 2048\n"
+    )
+    with pytest.raises(openai.InternalServerError) as info:
+        gw.client().images.generate(
+            prompt="x", response_format="b64_json", model="nano-banana-pro", size="2048x2048"
+        )
+    assert info.value.body["code"] == "image_download_failed"
+    assert "download_max_bytes" in info.value.body["message"]
+
+
+def test_oversized_bodies_are_refused_with_413(acedata):
+    fake, gw = acedata
+    with gw.http() as http:
+        r = http.post(
+            "/v1/images/generations",
+            headers={"authorization": f"Bearer {CLIENT_KEY}"},
+            json={"prompt": "x" * (2 * 1024 * 1024)},
+        )
+    assert r.status_code == 413
+    assert r.json()["error"]["code"] == "request_too_large"
+    assert fake.generation_calls() == []
+
+
+def test_prompt_length_limit(acedata):
+    _fake, gw = acedata
+    with pytest.raises(openai.BadRequestError) as info:
+        gw.client().images.generate(prompt="x" * 32001)
+    assert info.value.body["param"] == "prompt"

@@ -51,9 +51,36 @@ _GENERATION_FIELDS = {
 _EDIT_FIELDS = _GENERATION_FIELDS | {"image", "image[]", "images", "mask"}
 
 
-async def read_json(request: Request) -> Mapping[str, Any]:
-    """The body as a JSON object, or a 400 that says so."""
-    body = await request.body()
+# A generation body is a prompt and a few scalars: 32k characters fit well inside this.
+MAX_GENERATION_BODY = 1024 * 1024
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The raw body, refused with 413 as soon as it grows past max_bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(max_bytes)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(max_bytes)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(max_bytes: int) -> GatewayError:
+    return GatewayError(
+        413,
+        f"The request body is larger than this gateway accepts ({max_bytes} bytes).",
+        code="request_too_large",
+    )
+
+
+async def read_json(request: Request, max_bytes: int = MAX_GENERATION_BODY) -> Mapping[str, Any]:
+    """The body as a JSON object, or a 400/413 that says so."""
+    body = await read_body(request, max_bytes)
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -76,8 +103,13 @@ def parse_generation(data: Mapping[str, Any]) -> ImageRequest:
 async def parse_edit(request: Request, *, max_bytes: int) -> ImageRequest:
     """A /v1/images/edits body (multipart or JSON) -> ImageRequest."""
     content_type = request.headers.get("content-type", "")
+    # Room for the most images an edit may carry, base64-inflated, plus the fields.
+    limit = MAX_IMAGES * max_bytes * 4 // 3 + MAX_GENERATION_BODY
     if content_type.startswith("application/json"):
-        return parse_edit_json(await read_json(request))
+        return parse_edit_json(await read_json(request, limit))
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
     if not content_type.startswith("multipart/form-data"):
         raise invalid(
             None,
