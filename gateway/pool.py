@@ -86,6 +86,15 @@ class Health:
         self.state, self.until, self.probing = state, until, False
         return changed
 
+    def fail(self, threshold: int, until: float) -> bool:
+        """Count a failure towards the breaker; it opens at the threshold, or at once when
+        the failure was a probe's. True when it has just opened (worth logging)."""
+        self.failures += 1
+        if self.failures >= threshold or self.probing:
+            return self.enter(State.BROKEN, until)
+        self.probing = False
+        return False
+
     def ok(self) -> None:
         """A good answer: reset everything."""
         if self.state is not State.OK:
@@ -378,32 +387,18 @@ class Pool:
             up.probing = False
             return
         # Server errors, timeouts, broken connections and unreadable answers: breakers.
-        h.failures += 1
-        if h.failures >= self.cfg.breaker_threshold or h.probing:
-            if h.enter(State.BROKEN, now + self.cfg.breaker_seconds):
-                log.warning(
-                    "token broken: upstream=%s token=%s after %d failures (%s)",
-                    slot.upstream.name,
-                    slot.id,
-                    h.failures,
-                    kind.value,
-                )
-            else:
-                h.until = now + self.cfg.breaker_seconds
-        else:
-            h.probing = False
+        until = now + self.cfg.breaker_seconds
+        if h.fail(self.cfg.breaker_threshold, until):
+            log.warning(
+                "token broken: upstream=%s token=%s after %d failures (%s)",
+                slot.upstream.name, slot.id, h.failures, kind.value,
+            )  # fmt: skip
         up.last_error, up.last_error_at = h.last_error, h.last_error_at
-        up.failures += 1
-        if up.failures >= self.cfg.upstream_breaker_threshold or up.probing:
-            if up.enter(State.BROKEN, now + self.cfg.breaker_seconds):
-                log.warning(
-                    "upstream broken: %s after %d failures in a row (%s)",
-                    slot.upstream.name,
-                    up.failures,
-                    kind.value,
-                )
-            else:
-                up.until, up.probing = now + self.cfg.breaker_seconds, False
+        if up.fail(self.cfg.upstream_breaker_threshold, until):
+            log.warning(
+                "upstream broken: %s after %d failures in a row (%s)",
+                slot.upstream.name, up.failures, kind.value,
+            )  # fmt: skip
 
     # ------------------------------------------------------------------ visibility
 
