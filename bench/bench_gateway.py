@@ -86,7 +86,9 @@ def start_fake(latency: float) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("fake upstream did not start")
 
 
-async def load(url: str, total: int, concurrency: int, body: dict) -> dict[str, float]:
+async def load(
+    url: str, total: int, concurrency: int, body: dict, path: str = "/v1/images/generations"
+) -> dict[str, float]:
     latencies: list[float] = []
     errors = 0
     sem = asyncio.Semaphore(concurrency)
@@ -99,8 +101,9 @@ async def load(url: str, total: int, concurrency: int, body: dict) -> dict[str, 
                 t0 = time.perf_counter()
                 try:
                     async with session.post(
-                        f"{url}/v1/images/generations",
+                        f"{url}{path}",
                         json=body,
+                        headers={"authorization": "Bearer t1"},
                         timeout=aiohttp.ClientTimeout(total=120),
                     ) as r:
                         await r.read()
@@ -173,6 +176,17 @@ def main() -> int:
             body = {"prompt": "bench", "model": "nano-banana", "response_format": "url"}
             for concurrency in (100, 500):
                 total = int(concurrency * 4 * scale) or concurrency
+                # The fake itself, without the gateway: the baseline the overhead is over.
+                direct = asyncio.run(
+                    load(
+                        fake_url,
+                        total,
+                        concurrency,
+                        {"action": "generate", "prompt": "bench", "model": "nano-banana"},
+                        path="/nano-banana/images",
+                    )
+                )
+                report(f"fake directly, concurrency {concurrency}", direct)
                 r = asyncio.run(load(gw2_url, total, concurrency, body))
                 report(
                     f"acedata fake {latency:.0f}s, concurrency {concurrency}",

@@ -18,7 +18,6 @@ import enum
 import hashlib
 import logging
 import math
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -115,6 +114,7 @@ class Slot:
     index: int = 0
     health: Health = field(default_factory=Health)
     inflight: int = 0
+    picks: int = 0  # times handed out, for spreading load by weight
     served: int = 0
 
     def full(self) -> bool:
@@ -210,9 +210,10 @@ class Pool:
         # if that fails the request simply moves on, so nothing is lost by probing.
         probes = [s for s in group if s.health.needs_probe(now)]
         if probes:
-            return random.choice(probes)
-        low = min((s.inflight + 1) / s.cfg.weight for s in group)
-        return random.choice([s for s in group if (s.inflight + 1) / s.cfg.weight == low])
+            return min(probes, key=lambda s: s.picks)
+        # Least in flight per unit of weight; among equals (an idle pool, say) the one with
+        # the smallest weighted share so far, so even sequential traffic is spread by weight.
+        return min(group, key=lambda s: (s.inflight / s.cfg.weight, s.picks / s.cfg.weight))
 
     def _take(self, slot: Slot, now: float) -> None:
         if slot.health.needs_probe(now):
@@ -221,6 +222,7 @@ class Pool:
         if up.needs_probe(now):
             up.probing = True
         slot.inflight += 1
+        slot.picks += 1
         self.upstream_inflight[slot.upstream.name] += 1
 
     def _release(self, slot: Slot) -> None:

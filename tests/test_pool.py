@@ -349,3 +349,21 @@ def test_hundreds_in_flight_through_failing_tokens(fake_factory, gateway_factory
         + len(defapi.generation_calls())
     )
     assert served >= 300
+
+
+def test_sequential_traffic_is_spread_by_weight(fake_factory, gateway_factory):
+    fake = fake_factory("acedata")
+    other = fake_factory("xhuoapi")
+    gw = gateway_factory(
+        upstream_toml("ace", fake, ["a1", "a2"], extra="weight = 3")
+        + upstream_toml("xhuo", other, ["x1"], extra="weight = 2")
+        + CLIENTS_TOML
+        + FAST_POOL
+    )
+    _generate(gw, 16)
+    # Weights 3, 3 and 2 share 16 calls as 6, 6 and 4.
+    assert [
+        len(fake.generation_calls("a1")),
+        len(fake.generation_calls("a2")),
+        len(other.generation_calls("x1")),
+    ] == [6, 6, 4]
