@@ -497,10 +497,12 @@ class _Handler(BaseHTTPRequestHandler):
                 reply = fake._respond(rec, self._sleep)
             except _ClientGone:
                 reply = _Reply(0, drop=True)
-            self._write(reply)
         finally:
+            # Leave before the answer is written: once the client has read it, it may send
+            # its next request at once, and that must not overlap this one in the count.
             if not is_cdn:
                 fake._leave(rec.token)
+        self._write(reply)
 
     def _write(self, reply: _Reply) -> None:
         if reply.drop:
