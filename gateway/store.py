@@ -11,18 +11,31 @@ import secrets
 
 from cachetools import TTLCache
 
+from .errors import GatewayError
+
 
 class ImageStore:
-    """id -> (bytes, mime), bounded in count and time."""
+    """id -> (bytes, mime), bounded in bytes and time (a 4K PNG can be 20 MB)."""
 
-    def __init__(self, *, ttl: float = 3600.0, max_entries: int = 512) -> None:
-        self._items: TTLCache[str, tuple[bytes, str]] = TTLCache(maxsize=max_entries, ttl=ttl)
+    def __init__(self, *, ttl: float = 3600.0, max_bytes: int = 256 * 1024 * 1024) -> None:
+        self._items: TTLCache[str, tuple[bytes, str]] = TTLCache(
+            maxsize=max_bytes, ttl=ttl, getsizeof=lambda item: len(item[0]) or 1
+        )
 
     def put(self, data: bytes, mime: str) -> str:
         """Keep the image; returns its file name (id plus extension)."""
         ext = {"image/jpeg": "jpg", "image/webp": "webp"}.get(mime, "png")
         name = f"{secrets.token_urlsafe(18)}.{ext}"
-        self._items[name] = (data, mime)
+        try:
+            self._items[name] = (data, mime)
+        except ValueError:  # larger than the whole store: say so rather than hand out a 404
+            raise GatewayError(
+                502,
+                "The image is too large for the gateway to host as a link; "
+                "ask for response_format 'b64_json'.",
+                type="server_error",
+                code="image_too_large",
+            ) from None
         return name
 
     def get(self, name: str) -> tuple[bytes, str] | None:
