@@ -411,10 +411,6 @@ class Pool:
             return State.OK
         return slot.health.state
 
-    def upstream_state(self, name: str) -> State:
-        """An upstream's breaker state."""
-        return self.upstream_health[name].state
-
     def usable(self) -> bool:
         """At least one slot could take a request now (for /readyz)."""
         now = self._clock()

@@ -39,7 +39,7 @@ class ImageService:
         """
         deadline = time.monotonic() + self._deadline_seconds
         per_call = self.pool.max_count_per_call(job)
-        result = ImagesResult(images=[], requested=job.count)
+        result = ImagesResult(images=[])
         made: list[tuple[str, str]] = []  # (image link, upstream name)
         errors: list[BaseException] = []
         for _round in range(2):

@@ -91,4 +91,3 @@ class ImagesResult:
     upstreams: list[str] = field(default_factory=list)
     task_ids: list[str] = field(default_factory=list)
     trace_ids: list[str] = field(default_factory=list)
-    requested: int = 1

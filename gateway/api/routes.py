@@ -22,7 +22,7 @@ from ..models import MODELS, base_model
 from ..pool import Pool
 from ..service import ImageService
 from ..store import ImageStore
-from ..translate import build_job
+from ..translate import build_job, resolve_model
 from ..types import ImagesResult, Job, Output
 from . import parse
 from .auth import ClientAuth, check_admin
@@ -214,8 +214,6 @@ class API:
         ]
         aliases = dict(self.config.images.aliases)
         names = [a for a in aliases if not any(c in a for c in "*?[")]
-        from ..translate import resolve_model
-
         for name in [*names, *_OPENAI_NAMES]:
             if any(e["id"] == name for e in entries):
                 continue
