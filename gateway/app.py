@@ -41,6 +41,7 @@ def create_app(config: Config) -> Starlette:
         config.pool,
         on_attempt=on_attempt,
         on_retry=lambda reason: metrics.retries.labels(reason).inc(),
+        secrets=config.secrets(),
     )
     metrics.watch_pool(pool)
     fetcher = Fetcher(

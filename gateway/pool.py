@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from .config import PoolConfig, UpstreamConfig
-from .errors import GatewayError
+from .errors import GatewayError, scrub
 from .types import Job
 from .upstreams.base import FailureKind, Upstream, UpstreamError, UpstreamResult
 
@@ -146,9 +146,12 @@ class Pool:
         clock: Callable[[], float] = time.monotonic,
         on_attempt: Callable[[Attempt], None] | None = None,
         on_retry: Callable[[str], None] | None = None,
+        secrets: Sequence[str] = (),
     ) -> None:
         self.cfg = cfg
         self._clock = clock
+        # Upstream error text is shown on /admin: scrub it of every configured secret.
+        self._secrets = (*secrets, *(t for _, c in upstreams for t in c.tokens))
         self._on_attempt = on_attempt or (lambda a: None)
         self._on_retry = on_retry or (lambda r: None)
         self.upstreams = [u for u, _ in upstreams]
@@ -360,7 +363,8 @@ class Pool:
         self._on_attempt(Attempt(slot.upstream.name, err.kind.value, now - started))
         h = slot.health
         up = self.upstream_health[slot.upstream.name]
-        h.last_error = f"{err.kind.value}: {err.code or err.status or ''} {err.message}"[:300]
+        detail = scrub(err.message, self._secrets)
+        h.last_error = f"{err.kind.value}: {err.code or err.status or ''} {detail}"[:300]
         h.last_error_at = time.time()
         kind = err.kind
         if kind.callers_fault:

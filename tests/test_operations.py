@@ -271,3 +271,19 @@ def test_secrets_never_reach_the_log(spawn, fake_factory):
     assert "token benched" in log  # the log does speak of the tokens, by id
     for secret in [*TOKENS, "def-SECRET-token", CLIENT_KEY, ADMIN_KEY, "sk-caller-typo-123"]:
         assert secret not in log, f"{secret} leaked into the log"
+
+
+def test_upstream_error_text_echoing_a_token_is_scrubbed(fake_factory, gateway_factory):
+    fake = fake_factory("acedata")
+    # Some providers echo the credential back; it must go no further than the gateway.
+    fake.behave(TOKENS[0], "invalid_token", message=f"token {TOKENS[0]} is not valid")
+    fake.behave(TOKENS[1], "bad_request", message=f"bad request for key {TOKENS[1]}")
+    gw = gateway_factory(upstream_toml("ace", fake, TOKENS) + CLIENTS_TOML)
+    with pytest.raises(openai.BadRequestError) as info:
+        gw.client().images.generate(prompt="echo")
+    assert TOKENS[1] not in info.value.response.text
+    assert "[redacted]" in info.value.body["message"]
+    admin = str(gw.admin())
+    assert "is not valid" in admin and "[redacted]" in admin
+    for token in TOKENS:
+        assert token not in admin
