@@ -662,3 +662,28 @@ def test_prompt_length_limit(acedata):
     with pytest.raises(openai.BadRequestError) as info:
         gw.client().images.generate(prompt="x" * 32001)
     assert info.value.body["param"] == "prompt"
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        (
+            "multipart/form-data; boundary=xyz",
+            b"--xyz\r\nContent-Disposition: form-data\r\n\r\ngarbage",
+        ),
+        ("multipart/form-data", b"no boundary at all"),
+        ("text/plain", b"prompt=hello"),
+    ],
+    ids=["truncated-multipart", "no-boundary", "wrong-content-type"],
+)
+def test_malformed_edit_bodies_are_400(acedata, content_type, body):
+    fake, gw = acedata
+    with gw.http() as http:
+        r = http.post(
+            "/v1/images/edits",
+            content=body,
+            headers={"authorization": f"Bearer {CLIENT_KEY}", "content-type": content_type},
+        )
+    assert r.status_code == 400, r.text
+    assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+    assert fake.generation_calls() == []
