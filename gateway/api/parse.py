@@ -57,9 +57,7 @@ MAX_GENERATION_BODY = 1024 * 1024
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
     """The raw body, refused with 413 as soon as it grows past max_bytes."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
-        raise _too_large(max_bytes)
+    _check_declared_length(request, max_bytes)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -68,6 +66,13 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
             raise _too_large(max_bytes)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _check_declared_length(request: Request, max_bytes: int) -> None:
+    """Refuse a body whose Content-Length is already too large, before reading any of it."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(max_bytes)
 
 
 def _too_large(max_bytes: int) -> GatewayError:
@@ -107,9 +112,7 @@ async def parse_edit(request: Request, *, max_bytes: int) -> ImageRequest:
     limit = MAX_IMAGES * max_bytes * 4 // 3 + MAX_GENERATION_BODY
     if content_type.startswith("application/json"):
         return parse_edit_json(await read_json(request, limit))
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
+    _check_declared_length(request, limit)
     if not content_type.startswith("multipart/form-data"):
         raise invalid(
             None,
