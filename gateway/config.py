@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +69,8 @@ class ClientConfig:
 
     name: str
     key: str
+    # False: this client's requests never read or fill the identical-request cache.
+    cache: bool = True
 
 
 @dataclass(frozen=True)
@@ -100,11 +103,21 @@ class ImagesConfig:
 
 @dataclass(frozen=True)
 class CacheConfig:
-    """Identical-request cache settings (parsed now; used by the cache)."""
+    """Identical-request cache and coalescing settings."""
 
     enabled: bool = True
+    # How long a result with image bytes is served again.
     ttl_seconds: float = 3600.0
+    # Upstream image links can expire: a cached link is never served older than this.
+    url_ttl_seconds: float = 900.0
     max_entries: int = 1024
+    # Bound on the image bytes held in process (and per entry in Redis).
+    max_bytes: int = 256 * 1024 * 1024
+    # Set to share the cache and the coalescing lock between replicas.
+    redis_url: str | None = None
+    redis_prefix: str = "nbg:"
+    # How long a replica waits on Redis before falling back to its own cache.
+    redis_timeout_seconds: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -146,6 +159,11 @@ class Config:
         found += [c.key for c in self.clients]
         if self.admin.key:
             found.append(self.admin.key)
+        if self.cache.redis_url:
+            # A Redis password sits in the URL: redis://:PASSWORD@host or user:PASSWORD@.
+            password = urllib.parse.urlsplit(self.cache.redis_url).password
+            if password:
+                found.append(password)
         return tuple(s for s in found if s)
 
 
@@ -190,6 +208,8 @@ def config_from_env(env: Mapping[str, str]) -> Config:
         raw["clients"] = clients
     if env.get("GATEWAY_ADMIN_KEY"):
         raw["admin"] = {"key": env["GATEWAY_ADMIN_KEY"]}
+    if env.get("GATEWAY_REDIS_URL"):
+        raw["cache"] = {"redis_url": env["GATEWAY_REDIS_URL"]}
     # Env values are literal secrets: no ${VAR} expansion, so a '$' in a token survives.
     return parse_config(raw, {}, source="environment", expand=False)
 
@@ -232,7 +252,7 @@ def parse_config(
         clients=tuple(clients),
         pool=_parse_pool(_table(raw, "pool")),
         images=_parse_images(_table(raw, "images"), _table(raw, "models")),
-        cache=_parse_cache(_table(raw, "cache")),
+        cache=_parse_cache(_table(raw, "cache"), env, expand),
         admin=AdminConfig(key=_opt_secret(_table(raw, "admin"), "key", "admin", env, expand)),
         server=_parse_server(_table(raw, "server")),
         source=source,
@@ -322,7 +342,7 @@ def _parse_upstream(
 def _parse_client(
     item: Mapping[str, Any], where: str, env: Mapping[str, str], expand: bool
 ) -> ClientConfig:
-    _only_keys(item, where, {"name", "key"})
+    _only_keys(item, where, {"name", "key", "cache"})
     name = _required_str(item, "name", where)
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
         raise ConfigError(f"{where}.name: use letters, digits, '-', '_' or '.' (it is a label)")
@@ -330,7 +350,10 @@ def _parse_client(
     key = _expand(key, f"{where}.key", env) if expand else key
     if len(key) < 8:
         raise ConfigError(f"{where}.key: too short (at least 8 characters)")
-    return ClientConfig(name=name, key=key)
+    cache = item.get("cache", True)
+    if not isinstance(cache, bool):
+        raise ConfigError(f"{where}.cache: must be true or false")
+    return ClientConfig(name=name, key=key, cache=cache)
 
 
 def _parse_pool(t: Mapping[str, Any]) -> PoolConfig:
@@ -395,15 +418,29 @@ def _parse_images(t: Mapping[str, Any], models: Mapping[str, Any]) -> ImagesConf
     )
 
 
-def _parse_cache(t: Mapping[str, Any]) -> CacheConfig:
-    _only_keys(t, "cache", {"enabled", "ttl_seconds", "max_entries"})
+def _parse_cache(t: Mapping[str, Any], env: Mapping[str, str], expand: bool) -> CacheConfig:
+    w = "cache"
+    _only_keys(t, w, set(CacheConfig.__dataclass_fields__))
+    d = CacheConfig()
     enabled = t.get("enabled", True)
     if not isinstance(enabled, bool):
         raise ConfigError("cache.enabled: must be true or false")
+    redis_url = _str(t, "redis_url", w)
+    if redis_url is not None and expand:
+        redis_url = _expand(redis_url, "cache.redis_url", env)
+    if redis_url is not None and not re.match(r"^(redis|rediss|unix)://", redis_url):
+        raise ConfigError("cache.redis_url: must start with redis://, rediss:// or unix://")
     return CacheConfig(
         enabled=enabled,
-        ttl_seconds=_num(t, "ttl_seconds", "cache", 3600.0, minimum=0.0),
-        max_entries=_int(t, "max_entries", "cache", 1024, minimum=0),
+        ttl_seconds=_num(t, "ttl_seconds", w, d.ttl_seconds, minimum=0.0),
+        url_ttl_seconds=_num(t, "url_ttl_seconds", w, d.url_ttl_seconds, minimum=0.0),
+        max_entries=_int(t, "max_entries", w, d.max_entries, minimum=0),
+        max_bytes=_int(t, "max_bytes", w, d.max_bytes, minimum=0),
+        redis_url=redis_url or None,
+        redis_prefix=_str(t, "redis_prefix", w) or d.redis_prefix,
+        redis_timeout_seconds=_num(
+            t, "redis_timeout_seconds", w, d.redis_timeout_seconds, minimum=0.01
+        ),
     )
 
 
