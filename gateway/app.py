@@ -16,6 +16,7 @@ from starlette.routing import Route
 from .api.middleware import RequestIdMiddleware
 from .api.responses import error_response
 from .api.routes import API
+from .cache import ImageCache
 from .config import Config
 from .errors import GatewayError
 from .fetch import Fetcher
@@ -51,7 +52,10 @@ def create_app(config: Config) -> Starlette:
     service = ImageService(
         pool, fetcher, deadline_seconds=config.pool.deadline_seconds, secrets=config.secrets()
     )
-    api = API(config, pool, service, metrics, ImageStore())
+    cache = ImageCache(
+        config.cache, service, fetcher, metrics, deadline_seconds=config.pool.deadline_seconds
+    )
+    api = API(config, pool, service, cache, metrics, ImageStore())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -59,6 +63,7 @@ def create_app(config: Config) -> Starlette:
         yield
         await pool.aclose()
         await fetcher.aclose()
+        await cache.aclose()
 
     routes = [
         Route("/v1/images/generations", api.generations, methods=["POST"]),
@@ -83,6 +88,7 @@ def create_app(config: Config) -> Starlette:
     )
     app.state.pool = pool
     app.state.metrics = metrics
+    app.state.cache = cache
     return app
 
 

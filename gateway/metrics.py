@@ -8,7 +8,7 @@ a URL or a token.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -73,9 +73,70 @@ class Metrics:
             registry=r,
         )
 
+        self.cache_requests = Counter(
+            "nano_banana_cache_requests_total",
+            "Image requests by how the cache answered: hit, miss, coalesced (waited for an "
+            "identical request in flight), bypass (no-store, client opt-out, unreadable input).",
+            ["result"],
+            registry=r,
+        )
+        self.cache_calls_saved = Counter(
+            "nano_banana_cache_upstream_calls_saved_total",
+            "Upstream calls not made because a hit or a coalesced wait answered instead.",
+            registry=r,
+        )
+        self.cache_evictions = Counter(
+            "nano_banana_cache_evictions_total",
+            "Entries dropped from the in-process cache, by reason (size, expired).",
+            ["reason"],
+            registry=r,
+        )
+        self.cache_redis_errors = Counter(
+            "nano_banana_cache_redis_errors_total",
+            "Redis operations that failed or timed out (the cache fell back to in-process).",
+            ["operation"],
+            registry=r,
+        )
+        self.cache_redis_up = Gauge(
+            "nano_banana_cache_redis_up",
+            "1 while the shared Redis cache answers, 0 while it is marked down.",
+            registry=r,
+        )
+
+    def watch_cache(self, cache: CacheSize) -> None:
+        """Export what the in-process cache holds, read fresh at each scrape."""
+        self.registry.register(_CacheCollector(cache))
+
     def watch_pool(self, pool: Pool) -> None:
         """Export the pool's token and upstream state, read fresh at each scrape."""
         self.registry.register(_PoolCollector(pool))
+
+
+class CacheSize(Protocol):
+    """What the cache collector reads."""
+
+    @property
+    def nbytes(self) -> int: ...
+
+    @property
+    def entries(self) -> int: ...
+
+
+class _CacheCollector(Collector):
+    def __init__(self, cache: CacheSize) -> None:
+        self._cache = cache
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "nano_banana_cache_bytes",
+            "Bytes of images and links held by the in-process cache.",
+            value=float(self._cache.nbytes),
+        )
+        yield GaugeMetricFamily(
+            "nano_banana_cache_entries",
+            "Results held by the in-process cache.",
+            value=float(self._cache.entries),
+        )
 
 
 class _PoolCollector(Collector):

@@ -77,10 +77,10 @@ class ImageService:
             )
 
         result.upstreams = [name for _, name in made]
-        result.images = list(await asyncio.gather(*(self._shape(link, output) for link, _ in made)))
+        result.images = list(await asyncio.gather(*(self.shape(link, output) for link, _ in made)))
         return result
 
-    async def _shape(self, link: str, output: Output) -> ProducedImage:
+    async def shape(self, link: str, output: Output) -> ProducedImage:
         """Download / re-encode one image as the answer needs it."""
         needs_bytes = (
             output.response_format == "b64_json"

@@ -91,3 +91,6 @@ class ImagesResult:
     upstreams: list[str] = field(default_factory=list)
     task_ids: list[str] = field(default_factory=list)
     trace_ids: list[str] = field(default_factory=list)
+    # How the cache answered: hit, miss, coalesced, bypass, or off (cache disabled).
+    cache: str = "off"
+    age: int | None = None  # seconds since a cached result was made

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -727,3 +728,60 @@ def test_load_config_valid_toml_with_bad_value_names_the_key(tmp_path: Path) -> 
     with pytest.raises(ConfigError) as caught:
         load_config(str(path), EXAMPLE_ENV)
     assert "upstreams[2].type" in str(caught.value)
+
+
+# --------------------------------------------------------------------------- [cache]
+
+
+def test_cache_settings_and_their_defaults() -> None:
+    default = parse_config({}, {}).cache
+    assert (default.url_ttl_seconds, default.max_bytes, default.redis_url) == (
+        900.0,
+        256 * 1024 * 1024,
+        None,
+    )
+    config = parse_config(
+        tomllib.loads(
+            '[cache]\nurl_ttl_seconds = 60\nmax_bytes = 1000\nredis_url = "${REDIS}"\n'
+            'redis_prefix = "gw:"\nredis_timeout_seconds = 0.2\n'
+        ),
+        {"REDIS": "redis://:s3cret-pass@cache:6379/1"},
+    )
+    c = config.cache
+    assert (c.url_ttl_seconds, c.max_bytes, c.redis_prefix, c.redis_timeout_seconds) == (
+        60.0,
+        1000,
+        "gw:",
+        0.2,
+    )
+    assert c.redis_url == "redis://:s3cret-pass@cache:6379/1"
+    # The password in the URL is scrubbed like any other secret.
+    assert "s3cret-pass" in config.secrets()
+
+
+@pytest.mark.parametrize(
+    ("toml_text", "key"),
+    [
+        ('[cache]\nredis_url = "http://cache:6379"\n', "cache.redis_url"),
+        ("[cache]\nredis_url = 6379\n", "cache.redis_url"),
+        ("[cache]\nmax_bytes = -1\n", "cache.max_bytes"),
+        ("[cache]\nurl_ttl_seconds = -1\n", "cache.url_ttl_seconds"),
+        ("[cache]\nredis_timeout_seconds = 0\n", "cache.redis_timeout_seconds"),
+        ('[[clients]]\nname = "a"\nkey = "0123456789"\ncache = "no"\n', "clients[0].cache"),
+    ],
+)
+def test_cache_setting_errors_name_the_key(toml_text: str, key: str) -> None:
+    with pytest.raises(ConfigError, match="^" + re.escape(key) + ":"):
+        parse_config(tomllib.loads(toml_text), {})
+
+
+def test_client_cache_opt_out() -> None:
+    config = parse_config(
+        tomllib.loads('[[clients]]\nname = "a"\nkey = "0123456789"\ncache = false\n'), {}
+    )
+    assert config.clients[0].cache is False
+
+
+def test_redis_url_from_the_environment() -> None:
+    config = config_from_env({"GATEWAY_REDIS_URL": "redis://127.0.0.1:6379/0"})
+    assert config.cache.redis_url == "redis://127.0.0.1:6379/0"

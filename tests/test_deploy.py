@@ -43,6 +43,10 @@ COUNTERS = {
     "nano_banana_images_total",
     "nano_banana_upstream_requests_total",
     "nano_banana_retries_total",
+    "nano_banana_cache_requests_total",
+    "nano_banana_cache_upstream_calls_saved_total",
+    "nano_banana_cache_evictions_total",
+    "nano_banana_cache_redis_errors_total",
 }
 HISTOGRAMS = {
     "nano_banana_request_duration_seconds",
@@ -54,6 +58,9 @@ GAUGES = {
     "nano_banana_token_inflight",
     "nano_banana_upstream_state",
     "nano_banana_upstream_tokens_available",
+    "nano_banana_cache_bytes",
+    "nano_banana_cache_entries",
+    "nano_banana_cache_redis_up",
 }
 METRICS = (
     COUNTERS

@@ -5,6 +5,7 @@ when everything is gone tells the truth about when to come back."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import time
 
@@ -13,12 +14,17 @@ import pytest
 
 from tests.conftest import CLIENTS_TOML, upstream_toml
 
+# The pool tests repeat one prompt to watch tokens take turns: the identical-request
+# cache would answer those repeats itself, so it is off here.
 FAST_POOL = """
 [pool]
 max_attempts = 6
 retry_backoff_seconds = 0.01
 breaker_seconds = 30
 bench_seconds = 3600
+
+[cache]
+enabled = false
 """
 
 
@@ -32,8 +38,14 @@ def _states(gw) -> dict[str, str]:
 
 
 def _generate(gw, n: int = 1) -> list[openai.types.ImagesResponse]:
+    """n requests with prompts never sent before, so each one reaches an upstream."""
     client = gw.client()
-    return [client.images.generate(prompt=f"p{i}", response_format="url") for i in range(n)]
+    return [
+        client.images.generate(prompt=f"p{next(_PROMPTS)}", response_format="url") for _ in range(n)
+    ]
+
+
+_PROMPTS = itertools.count()
 
 
 # ------------------------------------------------------------------ bad tokens

@@ -34,6 +34,10 @@ def result_headers(result: ImagesResult) -> dict[str, str]:
         headers["x-upstream-trace-id"] = ",".join(result.trace_ids)
     if result.upstreams:
         headers["x-upstream-name"] = ",".join(sorted(set(result.upstreams)))
+    if result.cache != "off":
+        headers["x-cache"] = result.cache
+    if result.age is not None and result.cache == "hit":
+        headers["age"] = str(result.age)
     return headers
 
 

@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from ..cache import ImageCache, policy_for
 from ..config import Config
 from ..errors import GatewayError
 from ..metrics import Metrics
@@ -62,6 +63,7 @@ class _Usage:
     endpoint: str
     client: str = "unknown"
     model: str = "unknown"
+    cache: str = "off"  # hit, miss, coalesced, bypass, or off
 
 
 class API:
@@ -72,15 +74,18 @@ class API:
         config: Config,
         pool: Pool,
         service: ImageService,
+        cache: ImageCache,
         metrics: Metrics,
         store: ImageStore,
     ) -> None:
         self.config = config
         self.pool = pool
         self.service = service
+        self.cache = cache
         self.metrics = metrics
         self.store = store
         self.auth = ClientAuth(config.clients)
+        self._cache_allowed = {c.name: c.cache for c in config.clients}
 
     # ------------------------------------------------------------------ images
 
@@ -111,8 +116,11 @@ class API:
             )
             usage.model = base_model(job.model)
             allow_partial = _allow_partial(request, self.config.images.allow_partial)
+            policy = policy_for(
+                request.headers, client_allows=self._cache_allowed.get(usage.client, True)
+            )
             make = asyncio.ensure_future(
-                self.service.make(job, output, allow_partial=allow_partial)
+                self.cache.make(job, output, allow_partial=allow_partial, policy=policy)
             )
             if output.stream:
                 response = await self._stream(request, make, job, output, usage, started)
@@ -183,6 +191,7 @@ class API:
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
     def _count_images(self, usage: _Usage, result: ImagesResult) -> None:
+        usage.cache = result.cache
         for upstream in result.upstreams:
             self.metrics.images.labels(usage.client, usage.model, upstream).inc()
 

@@ -1,0 +1,76 @@
+"""What makes two requests "the same picture", and what the caller allows the cache to do.
+
+Pure functions: the key is a digest of everything that changes the images (action, model
+after aliasing, prompt, aspect ratio, resolution, n, output encoding and the content of
+every input image) and nothing else: not the caller's key, not response_format or stream
+(those only change how the same images are handed back), not ignored fields like `user`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from ..types import Job, Output
+
+# Bump when the key's meaning changes, so replicas of two versions never share entries.
+KEY_VERSION = 1
+
+Mode = Literal["use", "refresh", "bypass"]
+
+
+@dataclass(frozen=True)
+class CachePolicy:
+    """use: look up, join an identical request in flight, and store.
+    refresh: skip the lookup and the joining (a fresh picture), but store the result.
+    bypass: neither read nor write (no-store, or a client that opted out)."""
+
+    mode: Mode = "use"
+
+    @property
+    def lookup(self) -> bool:
+        return self.mode == "use"
+
+    @property
+    def store(self) -> bool:
+        return self.mode != "bypass"
+
+
+def policy_for(headers: Mapping[str, str], *, client_allows: bool) -> CachePolicy:
+    """The caller's Cache-Control (and HTTP/1.0 Pragma) as a cache policy.
+
+    `no-store` wins over `no-cache`; `max-age=0` asks for a fresh answer like `no-cache`.
+    """
+    if not client_allows:
+        return CachePolicy("bypass")
+    directives = [
+        d.strip().lower().replace(" ", "") for d in headers.get("cache-control", "").split(",")
+    ]
+    if any(d.startswith("no-store") for d in directives):
+        return CachePolicy("bypass")
+    fresh = any(d.startswith("no-cache") or d == "max-age=0" for d in directives)
+    if fresh or headers.get("pragma", "").strip().lower() == "no-cache":
+        return CachePolicy("refresh")
+    return CachePolicy("use")
+
+
+def cache_key(job: Job, output: Output, image_digests: Sequence[str]) -> str:
+    """The key for a job's images; image_digests are the SHA-256 of each input image's
+    bytes, in the caller's order (order changes the picture: the first sets the ratio)."""
+    material = {
+        "v": KEY_VERSION,
+        "action": job.action,
+        "model": job.model,
+        "prompt": job.prompt,
+        "aspect_ratio": job.aspect_ratio,
+        "resolution": job.resolution,
+        "n": job.count,
+        "output_format": output.output_format,
+        "output_compression": output.output_compression,
+        "images": list(image_digests),
+    }
+    encoded = json.dumps(material, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(encoded.encode("utf-8")).hexdigest()

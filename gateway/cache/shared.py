@@ -1,0 +1,220 @@
+"""The cache and the coalescing lock in Redis, shared by every replica.
+
+Redis is an optimisation, never a dependency: every call is bounded by a short timeout,
+and any failure marks Redis down for a few seconds (one warning in the log), during which
+the caller falls back to its own in-process cache. Requests never fail because of Redis.
+
+Keys (all under the configured prefix):
+  e:<key>          the entry (see entry.encode), expiring with the entry
+  l:<key>          the lock of the flight making <key>: its flight id, expiring at the deadline
+  d:<flight id>    how that flight ended ("ok" or an error), for the replicas waiting on it
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from ..errors import GatewayError
+from .entry import Entry, decode, encode
+
+log = logging.getLogger("gateway.cache")
+
+T = TypeVar("T")
+
+# How long Redis is left alone after a failure before the next request tries it again.
+_DOWN_SECONDS = 5.0
+# How long a finished flight's outcome stays readable for the replicas waiting on it.
+_OUTCOME_SECONDS = 120
+
+# Deletes the lock only if this flight still holds it (it may have expired and been
+# taken by another replica since).
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
+class SharedUnavailable(Exception):
+    """Redis could not be used just now; fall back to the in-process cache."""
+
+
+def safe_location(url: str) -> str:
+    """host:port/db of a Redis URL, for logs: never its password."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "unix":
+        return f"unix:{parts.path}"
+    return f"{parts.hostname}:{parts.port or 6379}{parts.path or ''}"
+
+
+class SharedStore:
+    """Entries, locks and flight outcomes in Redis."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str,
+        timeout: float,
+        on_error: Callable[[str], None] = lambda op: None,
+        on_state: Callable[[bool], None] = lambda up: None,
+    ) -> None:
+        self._prefix = prefix
+        self._timeout = timeout
+        self._on_error = on_error
+        self._on_state = on_state
+        self._where = safe_location(url)
+        self._down_until = 0.0
+        self._was_down = False
+        self._redis: aioredis.Redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            # One try: a slow Redis must cost a request at most one timeout.
+            retry=Retry(NoBackoff(), 0),
+            decode_responses=False,
+        )
+        self._release = self._redis.register_script(_RELEASE)
+        on_state(True)
+
+    @property
+    def available(self) -> bool:
+        """False while Redis is marked down after a failure."""
+        return time.monotonic() >= self._down_until
+
+    async def _call(self, op: str, make: Callable[[], Awaitable[T]]) -> T:
+        if not self.available:
+            raise SharedUnavailable(op)
+        try:
+            async with asyncio.timeout(self._timeout * 2):
+                result = await make()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._down_until = time.monotonic() + _DOWN_SECONDS
+            self._on_error(op)
+            if not self._was_down:
+                self._was_down = True
+                self._on_state(False)
+                log.warning(
+                    "cache: Redis at %s is unavailable (%s during %s); serving from the "
+                    "in-process cache until it answers again",
+                    self._where,
+                    type(exc).__name__,
+                    op,
+                )
+            raise SharedUnavailable(op) from None
+        if self._was_down:
+            self._was_down = False
+            self._on_state(True)
+            log.warning("cache: Redis at %s answers again; sharing the cache", self._where)
+        return result
+
+    # ------------------------------------------------------------------ entries
+
+    async def get(self, key: str) -> Entry | None:
+        """The entry, or None when absent or unreadable."""
+        blob = await self._call("get", lambda: self._redis.get(self._prefix + "e:" + key))
+        return decode(blob) if blob else None
+
+    async def put(self, key: str, entry: Entry, expires_at: float) -> None:
+        """Store the entry until expires_at (wall-clock)."""
+        ttl_ms = int((expires_at - time.time()) * 1000)
+        if ttl_ms <= 0:
+            return
+        blob = encode(entry)
+        await self._call("put", lambda: self._redis.set(self._prefix + "e:" + key, blob, px=ttl_ms))
+
+    # ------------------------------------------------------------------ flights
+
+    async def acquire(self, key: str, flight: str, seconds: float) -> str | None:
+        """Take the lock for key: None when taken, else the flight id holding it."""
+        lock = self._prefix + "l:" + key
+        ms = max(1, int(seconds * 1000))
+
+        async def attempt() -> Any:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.set(lock, flight.encode(), nx=True, px=ms)
+            pipe.get(lock)
+            return await pipe.execute()
+
+        taken, holder = await self._call("lock", attempt)
+        if taken:
+            return None
+        return holder.decode() if holder else ""
+
+    async def holder(self, key: str) -> str | None:
+        """The flight id holding key's lock, or None when nobody does."""
+        value = await self._call("lock", lambda: self._redis.get(self._prefix + "l:" + key))
+        return value.decode() if value else None
+
+    async def finish(self, key: str, flight: str, error: GatewayError | None) -> None:
+        """Publish how the flight ended, then release its lock (in that order, so a waiter
+        that sees the lock gone finds the outcome)."""
+        outcome = b"ok" if error is None else b"err:" + json.dumps(_error_fields(error)).encode()
+
+        async def publish() -> None:
+            await self._redis.set(self._prefix + "d:" + flight, outcome, ex=_OUTCOME_SECONDS)
+            await self._release(keys=[self._prefix + "l:" + key], args=[flight])
+
+        await self._call("finish", publish)
+
+    async def release(self, key: str, flight: str) -> None:
+        """Drop the lock without an outcome (the flight was cancelled)."""
+        await self._call(
+            "release", lambda: self._release(keys=[self._prefix + "l:" + key], args=[flight])
+        )
+
+    async def outcome(self, flight: str) -> GatewayError | bool:
+        """False while the flight runs; True when it ended well; its error otherwise."""
+        value = await self._call("outcome", lambda: self._redis.get(self._prefix + "d:" + flight))
+        if not value:
+            return False
+        if value == b"ok":
+            return True
+        return _error_from(value[len(b"err:") :])
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        with contextlib.suppress(RedisError, OSError):
+            await self._redis.aclose()
+
+
+def _error_fields(err: GatewayError) -> dict[str, Any]:
+    return {
+        "status": err.status,
+        "message": err.message,
+        "type": err.type,
+        "param": err.param,
+        "code": err.code,
+        "headers": {k: v for k, v in err.headers.items() if k.lower() == "retry-after"},
+    }
+
+
+def _error_from(raw: bytes) -> GatewayError:
+    try:
+        f = json.loads(raw)
+        return GatewayError(
+            int(f["status"]),
+            str(f["message"]),
+            type=str(f["type"]),
+            param=f.get("param"),
+            code=f.get("code"),
+            headers=f.get("headers") or {},
+        )
+    except (ValueError, KeyError, TypeError):
+        return GatewayError(
+            502,
+            "An identical request this one waited for failed upstream.",
+            type="server_error",
+            code="upstream_error",
+        )
