@@ -8,8 +8,8 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
@@ -17,15 +17,18 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..config import Config
 from ..errors import GatewayError
+from ..limits import Lease, Limiter, LimitExceeded
 from ..metrics import Metrics
 from ..models import MODELS, base_model
-from ..pool import Pool
+from ..pool import Attempt, Pool, request_attempts
+from ..prices import PriceList
 from ..service import ImageService
 from ..store import ImageStore
 from ..translate import build_job, resolve_model
 from ..types import ImagesResult, Job, Output
+from ..usage import UsageLog, timestamp
 from . import parse
-from .auth import ClientAuth, check_admin
+from .auth import ClientAuth, check_admin, check_model, model_allowed
 from .responses import (
     DONE,
     KEEPALIVE,
@@ -55,13 +58,29 @@ _MOCK_WARNING = (
 )
 
 
+CacheResult = Literal["hit", "miss", "coalesced", "bypass", "off"]
+# Served without an upstream call: costs nothing, and its would-be cost is a saving.
+_FREE = ("hit", "coalesced")
+
+
 @dataclass
 class _Usage:
     """What one request will be metered as, filled in as the request goes."""
 
     endpoint: str
+    request_id: str | None = None
     client: str = "unknown"
-    model: str = "unknown"
+    model: str = "unknown"  # the metric label: a base model name, or "unknown"
+    job: Job | None = None
+    size: str | None = None
+    stream: bool = False
+    model_requested: str | None = None
+    # Set by the cache: hit, miss, coalesced, bypass (not cacheable / client opted out), off.
+    cache: CacheResult = "off"
+    lease: Lease | None = None
+    result: ImagesResult | None = None
+    error: GatewayError | None = None
+    attempts: list[Attempt] = field(default_factory=list)
 
 
 class API:
@@ -81,6 +100,10 @@ class API:
         self.metrics = metrics
         self.store = store
         self.auth = ClientAuth(config.clients)
+        self.limiter = Limiter(config.clients)
+        self.prices = PriceList(config.prices)
+        self.usage_log = UsageLog(config.usage.log)
+        metrics.watch_limits(self.limiter)
 
     # ------------------------------------------------------------------ images
 
@@ -94,22 +117,34 @@ class API:
 
     async def _images(self, request: Request, endpoint: Endpoint) -> Response:
         started = time.monotonic()
-        usage = _Usage(endpoint=endpoint)
+        usage = _Usage(endpoint=endpoint, request_id=getattr(request.state, "request_id", None))
+        # Every upstream attempt this request makes lands in usage.attempts.
+        attempts_token = request_attempts.set(usage.attempts)
         self.metrics.inflight.inc()
         status = 500
         streaming = False
         try:
-            usage.client = self.auth.client_for(request)
+            # Who is calling, and may they now: before the body is read, so a client over
+            # its rate costs the gateway as little as possible.
+            caller = self.auth.identify(request)
+            usage.client = caller.name
+            usage.lease = self.limiter.admit(caller)
             if endpoint == "generations":
                 req = parse.parse_generation(await parse.read_json(request))
             else:
                 req = await parse.parse_edit(request, max_bytes=self.config.images.upload_max_bytes)
+            usage.model_requested = req.model
             job, output = build_job(
                 req,
                 default_model=self.config.images.default_model,
                 aliases=self.config.images.aliases,
             )
             usage.model = base_model(job.model)
+            usage.job, usage.size, usage.stream = job, req.size, output.stream
+            check_model(caller, job.model)
+            estimate = self.prices.estimate(job.model, job.resolution, job.count)
+            self.limiter.reserve(usage.lease, job.count, estimate)
+            self.metrics.images_requested.labels(usage.client, usage.model).inc(job.count)
             allow_partial = _allow_partial(request, self.config.images.allow_partial)
             make = asyncio.ensure_future(
                 self.service.make(job, output, allow_partial=allow_partial)
@@ -128,8 +163,10 @@ class API:
             return response
         except GatewayError as err:
             status = err.status
+            usage.error = err
             return error_response(err)
         finally:
+            request_attempts.reset(attempts_token)
             if not streaming:
                 self._finish(usage, status, started)
 
@@ -168,6 +205,7 @@ class API:
                     result = make.result()
                 except GatewayError as err:
                     status = err.status
+                    usage.error = err
                     yield error_event(err)
                     return
                 created = int(time.time())
@@ -183,13 +221,42 @@ class API:
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
     def _count_images(self, usage: _Usage, result: ImagesResult) -> None:
+        usage.result = result
+        if usage.cache in _FREE:
+            self.metrics.images.labels(usage.client, usage.model, "cache").inc(len(result.images))
+            return
         for upstream in result.upstreams:
             self.metrics.images.labels(usage.client, usage.model, upstream).inc()
 
     def _finish(self, usage: _Usage, status: int, started: float) -> None:
+        """Record a finished request: metrics, the client's limits, and the usage log."""
+        seconds = time.monotonic() - started
         self.metrics.inflight.dec()
-        self.metrics.requests.labels(usage.endpoint, usage.client, usage.model, str(status)).inc()
-        self.metrics.request_seconds.labels(usage.endpoint).observe(time.monotonic() - started)
+        self.metrics.requests.labels(
+            usage.endpoint, usage.client, usage.model, str(status), usage.cache
+        ).inc()
+        self.metrics.request_seconds.labels(usage.endpoint, usage.model).observe(seconds)
+        if isinstance(usage.error, LimitExceeded):
+            self.metrics.rate_limited.labels(usage.client, usage.error.limit).inc()
+
+        images = len(usage.result.images) if usage.result is not None else 0
+        cost = saved = None
+        if usage.job is not None and images:
+            value = self.prices.estimate(usage.job.model, usage.job.resolution, images)
+            if usage.cache in _FREE:
+                saved = value
+                cost = None if value is None else 0.0
+            else:
+                cost = value
+        if cost:
+            self.metrics.cost.labels(usage.client, usage.model).inc(cost)
+        if saved:
+            self.metrics.cost_saved.labels(usage.client, usage.model).inc(saved)
+        if usage.lease is not None:
+            # The day's limits count what upstreams made: a cache hit uses no quota.
+            billed = 0 if usage.cache in _FREE else images
+            self.limiter.settle(usage.lease, billed, cost)
+        self.usage_log.write(_usage_record(usage, status, seconds, images, cost, saved))
 
     async def stored_image(self, request: Request) -> Response:
         """GET /v1/images/store/{name}: images the gateway hosts for url answers."""
@@ -232,19 +299,26 @@ class API:
             )
         return entries
 
+    def _entries_for(self, request: Request) -> list[dict[str, object]]:
+        """The models list as the calling client may use it."""
+        caller = self.auth.identify(request)
+        return [
+            e
+            for e in self._model_entries()
+            if model_allowed(caller, str(e.get("alias_for") or e["id"]))
+        ]
+
     async def models(self, request: Request) -> Response:
-        """GET /v1/models"""
-        self.auth.client_for(request)
-        body: dict[str, object] = {"object": "list", "data": self._model_entries()}
+        """GET /v1/models (only the models the calling client may use)."""
+        body: dict[str, object] = {"object": "list", "data": self._entries_for(request)}
         if self.config.mock_only:
             body["warning"] = _MOCK_WARNING
         return JSONResponse(body)
 
     async def model(self, request: Request) -> Response:
         """GET /v1/models/{model}"""
-        self.auth.client_for(request)
         wanted = request.path_params["model"]
-        for entry in self._model_entries():
+        for entry in self._entries_for(request):
             if entry["id"] == wanted:
                 return JSONResponse(entry)
         raise GatewayError(
@@ -278,6 +352,53 @@ class API:
                 "upstreams": self.pool.snapshot(),
             }
         )
+
+
+def _usage_record(
+    usage: _Usage,
+    status: int,
+    seconds: float,
+    images: int,
+    cost: float | None,
+    saved: float | None,
+) -> dict[str, Any]:
+    """One usage log line. Ids, names, numbers and the validated size only: never the
+    prompt, an image, or a key."""
+    job, result, err = usage.job, usage.result, usage.error
+    task_ids = list(result.task_ids) if result is not None else []
+    trace_ids = list(result.trace_ids) if result is not None else []
+    if err is not None:
+        # Upstream errors carry the provider's ids too: they are what its support asks for.
+        task_ids += [t for t in err.headers.get("x-upstream-task-id", "").split(",") if t]
+        trace_ids += [t for t in err.headers.get("x-upstream-trace-id", "").split(",") if t]
+    upstreams = list(dict.fromkeys(result.upstreams)) if result is not None else []
+    return {
+        "time": timestamp(time.time()),
+        "request_id": usage.request_id,
+        "client": usage.client,
+        "endpoint": usage.endpoint,
+        "model": job.model if job is not None else None,
+        # What the app asked for (an alias, say), cut short: it is the caller's free text.
+        "model_requested": usage.model_requested[:64] if usage.model_requested else None,
+        "images_requested": job.count if job is not None else None,
+        "images": images,
+        "size": usage.size,
+        "resolution": job.resolution if job is not None else None,
+        "aspect_ratio": job.aspect_ratio if job is not None else None,
+        "stream": usage.stream,
+        "cache": usage.cache,
+        "upstreams": upstreams,
+        "attempts": len(usage.attempts),
+        "upstream_outcomes": [f"{a.upstream}:{a.outcome}" for a in usage.attempts],
+        "latency_ms": round(seconds * 1000),
+        "cost_usd": cost,
+        "cost_saved_usd": saved,
+        "status": status,
+        "error_code": err.code if err is not None else None,
+        "limit": err.limit if isinstance(err, LimitExceeded) else None,
+        "task_ids": task_ids,
+        "trace_ids": trace_ids,
+    }
 
 
 def _allow_partial(request: Request, default: bool) -> bool:
