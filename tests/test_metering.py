@@ -486,3 +486,41 @@ def test_promtool_accepts_the_metrics(fake_factory, gateway_factory):
     assert checked.returncode == 0, checked.stdout + checked.stderr
     # promtool prints lint problems but exits 0 for some of them: there must be none.
     assert checked.stdout.strip() == "" and checked.stderr.strip() == "", checked.stderr
+
+
+def test_a_caller_hanging_up_on_a_stream_is_metered_and_frees_its_slot(
+    fake_factory, gateway_factory
+):
+    fake = fake_factory("acedata")
+    fake.behave("tok-ace-0001", ["slow", "ok"], sleep=5)
+    gw = gateway_factory(
+        upstream_toml("ace", fake, ["tok-ace-0001"])
+        + clients_toml(f'name = "team-a"\nkey = "{KEY_A}"\nmax_concurrent_requests = 1')
+        + NO_CACHE_TOML
+        + "\n[images]\nstream_keepalive_seconds = 0.05\n"
+    )
+    with (
+        httpx.Client(base_url=gw.url, timeout=30) as http,
+        http.stream(
+            "POST",
+            "/v1/images/generations",
+            json={"prompt": "p", "stream": True},
+            headers={"authorization": f"Bearer {KEY_A}"},
+        ) as answer,
+    ):
+        assert answer.status_code == 200
+        assert next(answer.iter_lines()).startswith(":")  # a keep-alive: still waiting
+    # The connection is gone before any image: the request ends as 499, not as a 5xx.
+    found = settled_metrics(gw)
+    assert of(found, "nano_banana_requests_total") == {
+        labels(
+            endpoint="generations", client="team-a", model="nano-banana", status="499", cache="off"
+        ): 1
+    }
+    assert (
+        of(found, "nano_banana_client_limit_usage")[
+            labels(client="team-a", limit="max_concurrent_requests")
+        ]
+        == 0
+    )
+    gw.client(KEY_A).images.generate(prompt="p", response_format="url")

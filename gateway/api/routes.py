@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from ..config import Config
 from ..errors import GatewayError
@@ -58,6 +59,10 @@ _MOCK_WARNING = (
 )
 
 
+# The status metered for a caller that hung up before its answer was complete (as nginx
+# logs it), so client disconnects do not read as gateway errors.
+_CLIENT_CLOSED = 499
+
 CacheResult = Literal["hit", "miss", "coalesced", "bypass", "off"]
 # Served without an upstream call: costs nothing, and its would-be cost is a saving.
 _FREE = ("hit", "coalesced")
@@ -81,6 +86,22 @@ class _Usage:
     result: ImagesResult | None = None
     error: GatewayError | None = None
     attempts: list[Attempt] = field(default_factory=list)
+    finished: bool = False
+
+
+class _MeteredStream(StreamingResponse):
+    """A stream that is metered even if its body never started (the caller hung up before
+    the first byte), so the client's concurrency slot and the in-flight gauge come back."""
+
+    def __init__(self, events: AsyncIterator[str], on_close: Callable[[], None], **kw: Any):
+        super().__init__(events, **kw)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
 
 
 class API:
@@ -165,6 +186,9 @@ class API:
             status = err.status
             usage.error = err
             return error_response(err)
+        except asyncio.CancelledError:
+            status = _CLIENT_CLOSED
+            raise
         finally:
             request_attempts.reset(attempts_token)
             if not streaming:
@@ -195,7 +219,7 @@ class API:
             headers.update(result_headers(make.result()))
 
         async def events() -> AsyncIterator[str]:
-            status = 200
+            status = _CLIENT_CLOSED  # until the stream is complete
             try:
                 while not make.done():
                     done, _ = await asyncio.wait({make}, timeout=keepalive)
@@ -212,13 +236,20 @@ class API:
                 for image in result.images:
                     yield completed_event(kind, image, output, created)
                 self._count_images(usage, result)
+                status = 200
                 yield DONE
             finally:
                 if not make.done():
                     make.cancel()  # the caller hung up: stop waiting on the upstream
                 self._finish(usage, status, started)
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+        def closed() -> None:
+            # A no-op when events() got to its end; otherwise the body never ran.
+            if not make.done():
+                make.cancel()
+            self._finish(usage, _CLIENT_CLOSED, started)
+
+        return _MeteredStream(events(), closed, media_type="text/event-stream", headers=headers)
 
     def _count_images(self, usage: _Usage, result: ImagesResult) -> None:
         usage.result = result
@@ -229,7 +260,11 @@ class API:
             self.metrics.images.labels(usage.client, usage.model, upstream).inc()
 
     def _finish(self, usage: _Usage, status: int, started: float) -> None:
-        """Record a finished request: metrics, the client's limits, and the usage log."""
+        """Record a finished request: metrics, the client's limits, and the usage log.
+        Once per request, whichever path ends it first."""
+        if usage.finished:
+            return
+        usage.finished = True
         seconds = time.monotonic() - started
         self.metrics.inflight.dec()
         self.metrics.requests.labels(
