@@ -64,6 +64,7 @@ def create_app(config: Config) -> Starlette:
         await pool.aclose()
         await fetcher.aclose()
         await cache.aclose()
+        api.usage_log.close()
 
     routes = [
         Route("/v1/images/generations", api.generations, methods=["POST"]),

@@ -7,6 +7,8 @@ handed on as frozen dataclasses.
 
 from __future__ import annotations
 
+import fnmatch
+import hashlib
 import os
 import re
 import tomllib
@@ -65,12 +67,30 @@ class UpstreamConfig:
 
 @dataclass(frozen=True)
 class ClientConfig:
-    """A caller allowed in, known by name in metrics and logs."""
+    """A caller allowed in (a team), known by name in metrics and logs, with its limits.
+
+    Exactly one of `key` (the key itself) and `key_sha256` (its hex SHA-256, so a config
+    file need not hold the secret) is set. A limit of None means unlimited.
+    """
 
     name: str
-    key: str
+    key: str | None = None
     # False: this client's requests never read or fill the identical-request cache.
     cache: bool = True
+    key_sha256: str | None = None
+    requests_per_minute: int | None = None
+    images_per_day: int | None = None
+    budget_usd_per_day: float | None = None
+    max_concurrent_requests: int | None = None
+    # Models this client may use (gateway names after aliasing; fnmatch patterns). Empty: all.
+    models: tuple[str, ...] = ()
+
+    @property
+    def digest(self) -> str:
+        """The key's SHA-256 as lower-case hex, however the key was given."""
+        if self.key_sha256 is not None:
+            return self.key_sha256
+        return hashlib.sha256((self.key or "").encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -121,6 +141,22 @@ class CacheConfig:
 
 
 @dataclass(frozen=True)
+class PricesConfig:
+    """What one image costs (USD, as estimated from the reseller's price list), by gateway
+    model name (variants such as 'nano-banana-pro:official' may have their own) and
+    resolution. A model missing here has no estimated cost."""
+
+    table: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class UsageConfig:
+    """Where the per-request usage log goes: 'stdout', 'off', or a file path (appended)."""
+
+    log: str = "stdout"
+
+
+@dataclass(frozen=True)
 class AdminConfig:
     """Access to /admin/*: off unless a key is set."""
 
@@ -146,6 +182,8 @@ class Config:
     cache: CacheConfig = field(default_factory=CacheConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    prices: PricesConfig = field(default_factory=PricesConfig)
+    usage: UsageConfig = field(default_factory=UsageConfig)
     source: str = "defaults"
 
     @property
@@ -156,7 +194,8 @@ class Config:
     def secrets(self) -> tuple[str, ...]:
         """Every secret string, so error and log text can be scrubbed of them."""
         found = [t for u in self.upstreams for t in u.tokens]
-        found += [c.key for c in self.clients]
+        # A key given as its SHA-256 is not a secret: only plain keys are scrubbed.
+        found += [c.key for c in self.clients if c.key]
         if self.admin.key:
             found.append(self.admin.key)
         if self.cache.redis_url:
@@ -219,7 +258,20 @@ def parse_config(
 ) -> Config:
     """Validate a TOML-shaped mapping into a Config. Pure: env is passed in."""
     _only_keys(
-        raw, "", {"upstreams", "clients", "pool", "images", "cache", "admin", "server", "models"}
+        raw,
+        "",
+        {
+            "upstreams",
+            "clients",
+            "pool",
+            "images",
+            "cache",
+            "admin",
+            "server",
+            "models",
+            "prices",
+            "usage",
+        },
     )
     upstream_items = _list_of_tables(raw, "upstreams")
     upstreams = [
@@ -236,15 +288,17 @@ def parse_config(
     if dupes:
         raise ConfigError(f"upstreams: name {dupes[0]!r} is used more than once")
 
+    prices = _parse_prices(_table(raw, "prices"))
     clients = [
-        _parse_client(item, f"clients[{i}]", env, expand)
+        _parse_client(item, f"clients[{i}]", env, expand, prices)
         for i, item in enumerate(_list_of_tables(raw, "clients"))
     ]
     client_names = [c.name for c in clients]
     if len(set(client_names)) != len(client_names):
         raise ConfigError("clients: every client needs a unique name")
-    keys = [c.key for c in clients]
-    if len(set(keys)) != len(keys):
+    # Compared as digests, so a key and another client's key_sha256 of it also clash.
+    digests = [c.digest for c in clients]
+    if len(set(digests)) != len(digests):
         raise ConfigError("clients: two clients share one key")
 
     return Config(
@@ -255,6 +309,8 @@ def parse_config(
         cache=_parse_cache(_table(raw, "cache"), env, expand),
         admin=AdminConfig(key=_opt_secret(_table(raw, "admin"), "key", "admin", env, expand)),
         server=_parse_server(_table(raw, "server")),
+        prices=prices,
+        usage=_parse_usage(_table(raw, "usage")),
         source=source,
     )
 
@@ -340,20 +396,129 @@ def _parse_upstream(
 
 
 def _parse_client(
-    item: Mapping[str, Any], where: str, env: Mapping[str, str], expand: bool
+    item: Mapping[str, Any],
+    where: str,
+    env: Mapping[str, str],
+    expand: bool,
+    prices: PricesConfig | None = None,
 ) -> ClientConfig:
-    _only_keys(item, where, {"name", "key", "cache"})
+    _only_keys(
+        item,
+        where,
+        {
+            "name",
+            "key",
+            "key_sha256",
+            "cache",
+            "requests_per_minute",
+            "images_per_day",
+            "budget_usd_per_day",
+            "max_concurrent_requests",
+            "models",
+        },
+    )
     name = _required_str(item, "name", where)
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
         raise ConfigError(f"{where}.name: use letters, digits, '-', '_' or '.' (it is a label)")
-    key = _required_str(item, "key", where)
-    key = _expand(key, f"{where}.key", env) if expand else key
-    if len(key) < 8:
-        raise ConfigError(f"{where}.key: too short (at least 8 characters)")
+    if "key" in item and "key_sha256" in item:
+        raise ConfigError(f"{where}.key: set key or key_sha256, not both")
+    key: str | None = None
+    digest: str | None = None
+    if "key_sha256" in item:
+        digest = _required_str(item, "key_sha256", where)
+        digest = _expand(digest, f"{where}.key_sha256", env) if expand else digest
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
+            raise ConfigError(
+                f"{where}.key_sha256: must be 64 hex digits (e.g. the output of "
+                '`printf %s "$KEY" | sha256sum`)'
+            )
+        digest = digest.lower()
+    else:
+        if "key" not in item:
+            raise ConfigError(f"{where}.key: required (or key_sha256, the key's SHA-256)")
+        key = _required_str(item, "key", where)
+        key = _expand(key, f"{where}.key", env) if expand else key
+        if len(key) < 8:
+            raise ConfigError(f"{where}.key: too short (at least 8 characters)")
     cache = item.get("cache", True)
     if not isinstance(cache, bool):
         raise ConfigError(f"{where}.cache: must be true or false")
-    return ClientConfig(name=name, key=key, cache=cache)
+    budget = None
+    if item.get("budget_usd_per_day") is not None:
+        budget = _num(item, "budget_usd_per_day", where, 0.0, minimum=0.0)
+        if prices is None or not prices.table:
+            raise ConfigError(
+                f"{where}.budget_usd_per_day: needs a [prices] table to estimate costs with"
+            )
+    return ClientConfig(
+        name=name,
+        key=key,
+        cache=cache,
+        key_sha256=digest,
+        requests_per_minute=_opt_int(item, "requests_per_minute", where),
+        images_per_day=_opt_int(item, "images_per_day", where),
+        budget_usd_per_day=budget,
+        max_concurrent_requests=_opt_int(item, "max_concurrent_requests", where),
+        models=_model_patterns(item.get("models", []), f"{where}.models"),
+    )
+
+
+def _opt_int(t: Mapping[str, Any], key: str, where: str) -> int | None:
+    """An optional limit: absent means unlimited; present must be a whole number >= 1."""
+    if t.get(key) is None:
+        return None
+    return _int(t, key, where, 0, minimum=1)
+
+
+def _model_patterns(value: Any, where: str) -> tuple[str, ...]:
+    """Gateway model names or fnmatch patterns; each must name at least one known model."""
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where}: must be a list of model names or patterns")
+    for i, pattern in enumerate(value):
+        if any(c in pattern for c in "*?["):
+            if not any(fnmatch.fnmatchcase(m, pattern) for m in MODELS):
+                raise ConfigError(f"{where}[{i}]: {pattern!r} matches none of {', '.join(MODELS)}")
+        elif base_model(pattern) not in MODELS:
+            raise ConfigError(
+                f"{where}[{i}]: {pattern!r} is not one of {', '.join(MODELS)} "
+                "(list gateway models, not the aliases that lead to them)"
+            )
+    return tuple(value)
+
+
+def _parse_prices(t: Mapping[str, Any]) -> PricesConfig:
+    """`model = price` or `model = { 1K = price, 2K = price, 4K = price }`, in USD per image."""
+    table: dict[str, dict[str, float]] = {}
+    for model, value in t.items():
+        where = f"prices.{model}"
+        spec = MODELS.get(base_model(model))
+        if spec is None:
+            raise ConfigError(f"{where}: {model!r} is not one of {', '.join(MODELS)}")
+        if isinstance(value, dict):
+            per: dict[str, float] = {}
+            for resolution in value:
+                upper = str(resolution).upper()
+                if upper not in spec.resolutions:
+                    raise ConfigError(
+                        f"{where}.{resolution}: {spec.name} makes {', '.join(spec.resolutions)}"
+                    )
+                per[upper] = _num(value, resolution, where, 0.0, minimum=0.0)
+            missing = [r for r in spec.resolutions if r not in per]
+            if missing:
+                raise ConfigError(f"{where}.{missing[0]}: no price (the model makes it)")
+            table[model] = per
+        else:
+            price = _num(t, model, "prices", 0.0, minimum=0.0)
+            table[model] = {r: price for r in spec.resolutions}
+    return PricesConfig(table=table)
+
+
+def _parse_usage(t: Mapping[str, Any]) -> UsageConfig:
+    _only_keys(t, "usage", {"log"})
+    log = _str(t, "log", "usage") or UsageConfig().log
+    if not log.strip() or log != log.strip():
+        raise ConfigError("usage.log: 'stdout', 'off', or a file path")
+    return UsageConfig(log=log)
 
 
 def _parse_pool(t: Mapping[str, Any]) -> PoolConfig:

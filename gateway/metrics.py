@@ -1,8 +1,12 @@
 """Every Prometheus metric the gateway exports, defined in one place.
 
-Labels are bounded sets taken from configuration or from fixed vocabularies: client names,
-upstream names, known model names, outcomes, and redacted token ids. Never a prompt, a key,
-a URL or a token.
+Labels are bounded sets taken from configuration or from fixed vocabularies: client names
+(plus "anonymous" and "unknown"), upstream names (plus "cache"), the known model names
+(plus "unknown"), HTTP status codes the gateway answers with, cache results, outcomes,
+limit names and redacted token ids. Never a prompt, a key, a URL or a token.
+
+Each process exports its own counters: run one uvicorn worker per process and scale with
+processes or replicas, each scraped as its own target (Prometheus sums them).
 """
 
 from __future__ import annotations
@@ -15,8 +19,11 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from .limits import Limiter
     from .pool import Pool
 
+# Image calls take from a fraction of a second (a cache hit, a refusal) to minutes (4K images
+# at a slow provider): 0.1 s to 10 min, the OpenAI SDK's own timeout.
 _LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600)
 _STATES = ("ok", "cooling", "benched", "broken")
 
@@ -30,21 +37,47 @@ class Metrics:
         r = self.registry
         self.requests = Counter(
             "nano_banana_requests_total",
-            "Caller requests answered, by endpoint, client, model and HTTP status.",
-            ["endpoint", "client", "model", "status"],
+            "Caller image requests answered, by endpoint, client, model, HTTP status and "
+            "cache result (hit, miss, coalesced, bypass, off).",
+            ["endpoint", "client", "model", "status", "cache"],
             registry=r,
         )
         self.request_seconds = Histogram(
             "nano_banana_request_duration_seconds",
-            "Time to answer a caller request (to the last byte of a stream).",
-            ["endpoint"],
+            "Time to answer a caller image request (to the last byte of a stream).",
+            ["endpoint", "model"],
             buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.images_requested = Counter(
+            "nano_banana_images_requested_total",
+            "Images asked for (n) by admitted requests, by client and model.",
+            ["client", "model"],
             registry=r,
         )
         self.images = Counter(
             "nano_banana_images_total",
-            "Images handed to callers, by client, model and the upstream that made them.",
+            "Images handed to callers, by client, model and the upstream that made them "
+            '("cache" when served from the identical-request cache).',
             ["client", "model", "upstream"],
+            registry=r,
+        )
+        self.cost = Counter(
+            "nano_banana_cost_usd_total",
+            "Estimated cost in USD of the images upstreams made for callers, from [prices].",
+            ["client", "model"],
+            registry=r,
+        )
+        self.cost_saved = Counter(
+            "nano_banana_cost_saved_usd_total",
+            "Estimated cost in USD of images served from the cache instead of an upstream.",
+            ["client", "model"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "nano_banana_rate_limited_total",
+            "Requests refused with 429 because a client was over one of its limits.",
+            ["client", "limit"],
             registry=r,
         )
         self.upstream_requests = Counter(
@@ -110,6 +143,39 @@ class Metrics:
     def watch_pool(self, pool: Pool) -> None:
         """Export the pool's token and upstream state, read fresh at each scrape."""
         self.registry.register(_PoolCollector(pool))
+
+    def watch_limits(self, limiter: Limiter) -> None:
+        """Export each client's configured limits and its use of them, read at each scrape;
+        start the rejection counters at zero so a first 429 shows up in increase()."""
+        for client, limit, _used, configured in limiter.usage():
+            if configured is not None:
+                self.rate_limited.labels(client, limit)
+        self.registry.register(_LimitsCollector(limiter))
+
+
+class _LimitsCollector(Collector):
+    def __init__(self, limiter: Limiter) -> None:
+        self._limiter = limiter
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        configured = GaugeMetricFamily(
+            "nano_banana_client_limit",
+            "Each client's configured limits (requests_per_minute, images_per_day, "
+            "budget_usd_per_day, max_concurrent_requests), in this process.",
+            labels=["client", "limit"],
+        )
+        used = GaugeMetricFamily(
+            "nano_banana_client_limit_usage",
+            "Each client's use of each limit now, in this process: requests in the last "
+            "minute, images and estimated USD today (UTC), requests in flight.",
+            labels=["client", "limit"],
+        )
+        for client, limit, now, cap in self._limiter.usage():
+            used.add_metric([client, limit], float(now))
+            if cap is not None:
+                configured.add_metric([client, limit], float(cap))
+        yield configured
+        yield used
 
 
 class CacheSize(Protocol):

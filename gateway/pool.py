@@ -20,6 +20,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from .config import PoolConfig, UpstreamConfig
@@ -133,6 +134,11 @@ class Attempt:
     upstream: str
     outcome: str
     seconds: float
+
+
+# The attempts made for the caller request being served, when the API layer wants them for
+# its usage record: it puts a list here, and the tasks the request starts share that list.
+request_attempts: ContextVar[list[Attempt] | None] = ContextVar("request_attempts", default=None)
 
 
 class Pool:
@@ -356,11 +362,17 @@ class Pool:
         slot.health.ok()
         slot.served += 1
         self.upstream_health[slot.upstream.name].ok()
-        self._on_attempt(Attempt(slot.upstream.name, "ok", self._clock() - started))
+        self._report(Attempt(slot.upstream.name, "ok", self._clock() - started))
+
+    def _report(self, attempt: Attempt) -> None:
+        self._on_attempt(attempt)
+        attempts = request_attempts.get()
+        if attempts is not None:
+            attempts.append(attempt)
 
     def _failed(self, slot: Slot, err: UpstreamError, started: float) -> None:
         now = self._clock()
-        self._on_attempt(Attempt(slot.upstream.name, err.kind.value, now - started))
+        self._report(Attempt(slot.upstream.name, err.kind.value, now - started))
         h = slot.health
         up = self.upstream_health[slot.upstream.name]
         detail = scrub(err.message, self._secrets)

@@ -12,6 +12,8 @@ from typing import Literal
 
 Action = Literal["generate", "edit"]
 ResponseFormat = Literal["url", "b64_json"]
+# How the cache answered a request (off: the cache is disabled).
+CacheResult = Literal["hit", "miss", "coalesced", "bypass", "off"]
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,5 @@ class ImagesResult:
     upstreams: list[str] = field(default_factory=list)
     task_ids: list[str] = field(default_factory=list)
     trace_ids: list[str] = field(default_factory=list)
-    # How the cache answered: hit, miss, coalesced, bypass, or off (cache disabled).
-    cache: str = "off"
+    cache: CacheResult = "off"
     age: int | None = None  # seconds since a cached result was made

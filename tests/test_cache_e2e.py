@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
 
 import httpx
@@ -302,3 +303,42 @@ def test_cache_metrics_report_bytes_entries_and_evictions(fake_factory, gateway_
     assert _metric(gw, "nano_banana_cache_entries") == 2
     assert _metric(gw, "nano_banana_cache_bytes") > 2 * 1000  # two PNGs held
     assert _metric(gw, "nano_banana_cache_evictions_total", reason="size") == 1
+
+
+def test_hits_cost_nothing_and_count_as_savings(fake_factory, gateway_factory, tmp_path):
+    """Metering sees the cache: a hit or coalesced answer is free, its would-be cost is
+    saved, and it uses none of the team's daily images."""
+    fake = fake_factory("acedata", latency=0.3)
+    usage_log = tmp_path / "usage.jsonl"
+    gw = gateway_factory(
+        upstream_toml("ace", fake, ["tok-1"])
+        + f'[[clients]]\nname = "team-a"\nkey = "{CLIENT_KEY}"\nimages_per_day = 3\n'
+        + '[prices]\n"nano-banana" = 0.04\n'
+        + f'[usage]\nlog = "{usage_log}"\n'
+    )
+    _generate(gw, prompt="priced fox")  # miss: paid
+    _generate(gw, prompt="priced fox")  # hit: free
+
+    async def pair():
+        client = gw.async_client()
+        return await asyncio.gather(
+            *(client.images.generate(prompt="coalesced fox", response_format="url") for _ in "ab")
+        )
+
+    asyncio.run(pair())  # one miss (paid) + one coalesced (free)
+    assert len(fake.generation_calls()) == 2
+    labels = {"client": "team-a", "model": "nano-banana"}
+    assert _metric(gw, "nano_banana_cost_usd_total", **labels) == pytest.approx(0.08)
+    assert _metric(gw, "nano_banana_cost_saved_usd_total", **labels) == pytest.approx(0.08)
+    assert _metric(gw, "nano_banana_images_total", upstream="cache", **labels) == 2
+    # Two of three daily images used: the free answers did not count against the quota.
+    used = _metric(gw, "nano_banana_client_limit_usage", client="team-a", limit="images_per_day")
+    assert used == 2
+    _generate(gw, prompt="third paid fox")
+    with pytest.raises(openai.RateLimitError):
+        _generate(gw, prompt="fourth paid fox")
+    _generate(gw, prompt="priced fox")  # still served: a hit needs no quota
+    records = [json.loads(line) for line in usage_log.read_text().splitlines()]
+    assert [r["cache"] for r in records[:4]].count("hit") == 1
+    assert sorted(r["cache"] for r in records[2:4]) == ["coalesced", "miss"]
+    assert records[-1]["cache"] == "hit" and records[-1]["cost_usd"] == 0

@@ -40,7 +40,11 @@ PORT = 8000
 
 COUNTERS = {
     "nano_banana_requests_total",
+    "nano_banana_images_requested_total",
     "nano_banana_images_total",
+    "nano_banana_cost_usd_total",
+    "nano_banana_cost_saved_usd_total",
+    "nano_banana_rate_limited_total",
     "nano_banana_upstream_requests_total",
     "nano_banana_retries_total",
     "nano_banana_cache_requests_total",
@@ -61,6 +65,8 @@ GAUGES = {
     "nano_banana_cache_bytes",
     "nano_banana_cache_entries",
     "nano_banana_cache_redis_up",
+    "nano_banana_client_limit",
+    "nano_banana_client_limit_usage",
 }
 METRICS = (
     COUNTERS
@@ -261,10 +267,28 @@ def test_promql_metric_names(expr: str, names: set[str]) -> None:
 
 
 def test_metric_list_matches_the_gateway() -> None:
-    """The metric names these checks allow are the ones gateway/metrics.py defines."""
-    source = ROOT / "gateway" / "metrics.py"
-    defined = set(re.findall(r'"(nano_banana_\w+)"', source.read_text()))
-    assert defined == COUNTERS | HISTOGRAMS | GAUGES
+    """The metric names these checks allow are exactly the ones a running gateway exports,
+    with the types they are listed under."""
+    from gateway.app import create_app
+    from gateway.config import parse_config
+
+    config = parse_config(
+        {
+            "upstreams": [{"name": "m", "type": "mock"}],
+            "clients": [{"name": "a", "key": "sk-0123456789", "requests_per_minute": 5}],
+        },
+        {},
+    )
+    registry = create_app(config).state.metrics.registry
+    exported: dict[str, str] = {}
+    for family in registry.collect():
+        name = family.name + ("_total" if family.type == "counter" else "")
+        exported[name] = family.type
+    assert exported == {
+        **dict.fromkeys(COUNTERS, "counter"),
+        **dict.fromkeys(HISTOGRAMS, "histogram"),
+        **dict.fromkeys(GAUGES, "gauge"),
+    }
 
 
 # --- Dockerfile ----------------------------------------------------------------
@@ -602,7 +626,8 @@ def test_alert_rules_use_only_gateway_metrics() -> None:
 
 
 def test_alert_rules_cover_the_failure_modes() -> None:
-    """The alerts asked for exist, with a severity and a summary; at least two are unit-tested."""
+    """The alerts asked for exist, with a severity and a summary; the error-rate, all-tokens-down
+    and daily-limit alerts are among those unit-tested."""
     rules = {rule["alert"]: rule for rule in alert_rules()}
     required = {
         "NanoBananaUpstreamAllTokensBenched": "nano_banana_token_state",
@@ -610,6 +635,9 @@ def test_alert_rules_cover_the_failure_modes() -> None:
         "NanoBananaHighErrorRate": "nano_banana_requests_total",
         "NanoBananaNoTokensAvailable": "nano_banana_upstream_tokens_available",
         "NanoBananaHighLatencyP95": "nano_banana_request_duration_seconds_bucket",
+        "NanoBananaUpstreamAllTokensDown": "nano_banana_token_state",
+        "NanoBananaClientDailyLimitNearlyUsed": "nano_banana_client_limit_usage",
+        "NanoBananaClientRateLimited": "nano_banana_rate_limited_total",
     }
     for name, metric in required.items():
         assert name in rules, f"missing alert {name}"
@@ -625,7 +653,11 @@ def test_alert_rules_cover_the_failure_modes() -> None:
         for case in test.get("alert_rule_test", [])
         if case.get("exp_alerts")
     }
-    assert len(tested) >= 2
+    assert {
+        "NanoBananaHighErrorRate",
+        "NanoBananaUpstreamAllTokensDown",
+        "NanoBananaClientDailyLimitNearlyUsed",
+    } <= tested
     assert tested <= set(rules)
 
 
@@ -681,6 +713,12 @@ def test_dashboard_uses_only_gateway_metrics() -> None:
     assert {
         "nano_banana_requests_total",
         "nano_banana_images_total",
+        "nano_banana_images_requested_total",
+        "nano_banana_cost_usd_total",
+        "nano_banana_cost_saved_usd_total",
+        "nano_banana_rate_limited_total",
+        "nano_banana_client_limit",
+        "nano_banana_client_limit_usage",
         "nano_banana_request_duration_seconds_bucket",
         "nano_banana_token_state",
         "nano_banana_upstream_state",

@@ -1,7 +1,10 @@
-"""Caller keys: who is calling, for access and for per-team metering."""
+"""Caller keys: who is calling, for access and for per-team metering; which models a
+client may use."""
 
 from __future__ import annotations
 
+import fnmatch
+import hashlib
 import hmac
 from collections.abc import Sequence
 
@@ -9,8 +12,11 @@ from starlette.requests import Request
 
 from ..config import ClientConfig
 from ..errors import GatewayError
+from ..models import base_model
 
 ANONYMOUS = "anonymous"
+# Who calls an open gateway (no [[clients]]): no key, no limits.
+ANONYMOUS_CLIENT = ClientConfig(name=ANONYMOUS)
 
 
 def bearer(request: Request) -> str | None:
@@ -23,20 +29,25 @@ def bearer(request: Request) -> str | None:
 
 
 class ClientAuth:
-    """Checks caller keys against the configured clients; open when none are configured."""
+    """Checks caller keys against the configured clients; open when none are configured.
+
+    Keys are kept and compared as SHA-256 digests, so a client configured by `key_sha256`
+    and one configured by `key` are checked the same way, and the comparison takes the same
+    time whichever client (if any) the key belongs to.
+    """
 
     def __init__(self, clients: Sequence[ClientConfig]) -> None:
-        self._clients = [(c.name, c.key.encode()) for c in clients]
+        self._clients = [(bytes.fromhex(c.digest), c) for c in clients]
 
     @property
     def open(self) -> bool:
         """True when no client keys are configured."""
         return not self._clients
 
-    def client_for(self, request: Request) -> str:
-        """The calling client's name, or a 401 in OpenAI's words."""
+    def identify(self, request: Request) -> ClientConfig:
+        """The calling client (with its limits), or a 401 in OpenAI's words."""
         if self.open:
-            return ANONYMOUS
+            return ANONYMOUS_CLIENT
         key = bearer(request)
         if key is None:
             raise GatewayError(
@@ -45,11 +56,12 @@ class ClientAuth:
                 "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
                 code="invalid_api_key",
             )
+        digest = hashlib.sha256(key.encode()).digest()
         found = None
-        # Compare against every key in constant time, so timing says nothing about keys.
-        for name, expected in self._clients:
-            if hmac.compare_digest(expected, key.encode()):
-                found = name
+        # Compare against every digest in constant time, so timing says nothing about keys.
+        for expected, client in self._clients:
+            if hmac.compare_digest(expected, digest):
+                found = client
         if found is None:
             raise GatewayError(
                 401,
@@ -57,6 +69,34 @@ class ClientAuth:
                 code="invalid_api_key",
             )
         return found
+
+    def client_for(self, request: Request) -> str:
+        """The calling client's name, or a 401 in OpenAI's words."""
+        return self.identify(request).name
+
+
+def model_allowed(client: ClientConfig, model: str) -> bool:
+    """Whether the client may use a gateway model (after aliasing); no list means any."""
+    if not client.models:
+        return True
+    names = {model, base_model(model)}
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in client.models for name in names)
+
+
+def check_model(client: ClientConfig, model: str) -> None:
+    """403 (OpenAI's status for a permission the key lacks) when the model is not allowed.
+
+    403 rather than 404: the model exists and the app developer should learn that their key
+    is what stands in the way, not a typo.
+    """
+    if not model_allowed(client, model):
+        raise GatewayError(
+            403,
+            f"Client '{client.name}' is not allowed to use model '{model}'. "
+            f"Allowed: {', '.join(client.models)}.",
+            param="model",
+            code="model_not_allowed",
+        )
 
 
 def check_admin(request: Request, admin_key: str | None) -> None:

@@ -7,26 +7,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from ..cache import ImageCache, policy_for
 from ..config import Config
 from ..errors import GatewayError
+from ..limits import Lease, Limiter, LimitExceeded
 from ..metrics import Metrics
 from ..models import MODELS, base_model
-from ..pool import Pool
+from ..pool import Attempt, Pool, request_attempts
+from ..prices import PriceList
 from ..service import ImageService
 from ..store import ImageStore
 from ..translate import build_job, resolve_model
-from ..types import ImagesResult, Job, Output
+from ..types import CacheResult, ImagesResult, Job, Output
+from ..usage import UsageLog, timestamp
 from . import parse
-from .auth import ClientAuth, check_admin
+from .auth import ClientAuth, check_admin, check_model, model_allowed
 from .responses import (
     DONE,
     KEEPALIVE,
@@ -56,14 +60,48 @@ _MOCK_WARNING = (
 )
 
 
+# The status metered for a caller that hung up before its answer was complete (as nginx
+# logs it), so client disconnects do not read as gateway errors.
+_CLIENT_CLOSED = 499
+
+# Served without an upstream call: costs nothing, and its would-be cost is a saving.
+_FREE = ("hit", "coalesced")
+
+
 @dataclass
 class _Usage:
     """What one request will be metered as, filled in as the request goes."""
 
     endpoint: str
+    request_id: str | None = None
     client: str = "unknown"
-    model: str = "unknown"
-    cache: str = "off"  # hit, miss, coalesced, bypass, or off
+    model: str = "unknown"  # the metric label: a base model name, or "unknown"
+    job: Job | None = None
+    size: str | None = None
+    stream: bool = False
+    model_requested: str | None = None
+    # Set by the cache: hit, miss, coalesced, bypass (not cacheable / client opted out), off.
+    cache: CacheResult = "off"
+    lease: Lease | None = None
+    result: ImagesResult | None = None
+    error: GatewayError | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+    finished: bool = False
+
+
+class _MeteredStream(StreamingResponse):
+    """A stream that is metered even if its body never started (the caller hung up before
+    the first byte), so the client's concurrency slot and the in-flight gauge come back."""
+
+    def __init__(self, events: AsyncIterator[str], on_close: Callable[[], None], **kw: Any):
+        super().__init__(events, **kw)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
 
 
 class API:
@@ -86,6 +124,10 @@ class API:
         self.store = store
         self.auth = ClientAuth(config.clients)
         self._cache_allowed = {c.name: c.cache for c in config.clients}
+        self.limiter = Limiter(config.clients)
+        self.prices = PriceList(config.prices)
+        self.usage_log = UsageLog(config.usage.log)
+        metrics.watch_limits(self.limiter)
 
     # ------------------------------------------------------------------ images
 
@@ -99,29 +141,53 @@ class API:
 
     async def _images(self, request: Request, endpoint: Endpoint) -> Response:
         started = time.monotonic()
-        usage = _Usage(endpoint=endpoint)
+        usage = _Usage(endpoint=endpoint, request_id=getattr(request.state, "request_id", None))
+        # Every upstream attempt this request makes lands in usage.attempts.
+        attempts_token = request_attempts.set(usage.attempts)
         self.metrics.inflight.inc()
         status = 500
         streaming = False
         try:
-            usage.client = self.auth.client_for(request)
+            # Who is calling, and may they now: before the body is read, so a client over
+            # its rate costs the gateway as little as possible.
+            caller = self.auth.identify(request)
+            usage.client = caller.name
+            usage.lease = self.limiter.admit(caller)
             if endpoint == "generations":
                 req = parse.parse_generation(await parse.read_json(request))
             else:
                 req = await parse.parse_edit(request, max_bytes=self.config.images.upload_max_bytes)
+            usage.model_requested = req.model
             job, output = build_job(
                 req,
                 default_model=self.config.images.default_model,
                 aliases=self.config.images.aliases,
             )
             usage.model = base_model(job.model)
-            allow_partial = _allow_partial(request, self.config.images.allow_partial)
+            usage.job, usage.size, usage.stream = job, req.size, output.stream
+            check_model(caller, job.model)
             policy = policy_for(
                 request.headers, client_allows=self._cache_allowed.get(usage.client, True)
             )
-            make = asyncio.ensure_future(
-                self.cache.make(job, output, allow_partial=allow_partial, policy=policy)
-            )
+            estimate = self.prices.estimate(job.model, job.resolution, job.count)
+            stored = None
+            try:
+                self.limiter.reserve(usage.lease, job.count, estimate)
+            except LimitExceeded:
+                # A stored answer costs nothing, so a team out of quota still gets it.
+                stored = await self.cache.stored(job, output, policy)
+                if stored is None:
+                    raise
+            self.metrics.images_requested.labels(usage.client, usage.model).inc(job.count)
+            allow_partial = _allow_partial(request, self.config.images.allow_partial)
+            make: asyncio.Future[ImagesResult]
+            if stored is not None:
+                make = asyncio.get_running_loop().create_future()
+                make.set_result(stored)
+            else:
+                make = asyncio.ensure_future(
+                    self.cache.make(job, output, allow_partial=allow_partial, policy=policy)
+                )
             if output.stream:
                 response = await self._stream(request, make, job, output, usage, started)
                 streaming = isinstance(response, StreamingResponse)
@@ -136,8 +202,13 @@ class API:
             return response
         except GatewayError as err:
             status = err.status
+            usage.error = err
             return error_response(err)
+        except asyncio.CancelledError:
+            status = _CLIENT_CLOSED
+            raise
         finally:
+            request_attempts.reset(attempts_token)
             if not streaming:
                 self._finish(usage, status, started)
 
@@ -166,7 +237,7 @@ class API:
             headers.update(result_headers(make.result()))
 
         async def events() -> AsyncIterator[str]:
-            status = 200
+            status = _CLIENT_CLOSED  # until the stream is complete
             try:
                 while not make.done():
                     done, _ = await asyncio.wait({make}, timeout=keepalive)
@@ -176,29 +247,70 @@ class API:
                     result = make.result()
                 except GatewayError as err:
                     status = err.status
+                    usage.error = err
                     yield error_event(err)
                     return
                 created = int(time.time())
                 for image in result.images:
                     yield completed_event(kind, image, output, created)
                 self._count_images(usage, result)
+                status = 200
                 yield DONE
             finally:
                 if not make.done():
                     make.cancel()  # the caller hung up: stop waiting on the upstream
                 self._finish(usage, status, started)
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+        def closed() -> None:
+            # A no-op when events() got to its end; otherwise the body never ran.
+            if not make.done():
+                make.cancel()
+            self._finish(usage, _CLIENT_CLOSED, started)
+
+        return _MeteredStream(events(), closed, media_type="text/event-stream", headers=headers)
 
     def _count_images(self, usage: _Usage, result: ImagesResult) -> None:
         usage.cache = result.cache
+        usage.result = result
+        if usage.cache in _FREE:
+            self.metrics.images.labels(usage.client, usage.model, "cache").inc(len(result.images))
+            return
         for upstream in result.upstreams:
             self.metrics.images.labels(usage.client, usage.model, upstream).inc()
 
     def _finish(self, usage: _Usage, status: int, started: float) -> None:
+        """Record a finished request: metrics, the client's limits, and the usage log.
+        Once per request, whichever path ends it first."""
+        if usage.finished:
+            return
+        usage.finished = True
+        seconds = time.monotonic() - started
         self.metrics.inflight.dec()
-        self.metrics.requests.labels(usage.endpoint, usage.client, usage.model, str(status)).inc()
-        self.metrics.request_seconds.labels(usage.endpoint).observe(time.monotonic() - started)
+        self.metrics.requests.labels(
+            usage.endpoint, usage.client, usage.model, str(status), usage.cache
+        ).inc()
+        self.metrics.request_seconds.labels(usage.endpoint, usage.model).observe(seconds)
+        if isinstance(usage.error, LimitExceeded):
+            self.metrics.rate_limited.labels(usage.client, usage.error.limit).inc()
+
+        images = len(usage.result.images) if usage.result is not None else 0
+        cost = saved = None
+        if usage.job is not None and images:
+            value = self.prices.estimate(usage.job.model, usage.job.resolution, images)
+            if usage.cache in _FREE:
+                saved = value
+                cost = None if value is None else 0.0
+            else:
+                cost = value
+        if cost:
+            self.metrics.cost.labels(usage.client, usage.model).inc(cost)
+        if saved:
+            self.metrics.cost_saved.labels(usage.client, usage.model).inc(saved)
+        if usage.lease is not None:
+            # The day's limits count what upstreams made: a cache hit uses no quota.
+            billed = 0 if usage.cache in _FREE else images
+            self.limiter.settle(usage.lease, billed, cost)
+        self.usage_log.write(_usage_record(usage, status, seconds, images, cost, saved))
 
     async def stored_image(self, request: Request) -> Response:
         """GET /v1/images/store/{name}: images the gateway hosts for url answers."""
@@ -241,19 +353,26 @@ class API:
             )
         return entries
 
+    def _entries_for(self, request: Request) -> list[dict[str, object]]:
+        """The models list as the calling client may use it."""
+        caller = self.auth.identify(request)
+        return [
+            e
+            for e in self._model_entries()
+            if model_allowed(caller, str(e.get("alias_for") or e["id"]))
+        ]
+
     async def models(self, request: Request) -> Response:
-        """GET /v1/models"""
-        self.auth.client_for(request)
-        body: dict[str, object] = {"object": "list", "data": self._model_entries()}
+        """GET /v1/models (only the models the calling client may use)."""
+        body: dict[str, object] = {"object": "list", "data": self._entries_for(request)}
         if self.config.mock_only:
             body["warning"] = _MOCK_WARNING
         return JSONResponse(body)
 
     async def model(self, request: Request) -> Response:
         """GET /v1/models/{model}"""
-        self.auth.client_for(request)
         wanted = request.path_params["model"]
-        for entry in self._model_entries():
+        for entry in self._entries_for(request):
             if entry["id"] == wanted:
                 return JSONResponse(entry)
         raise GatewayError(
@@ -287,6 +406,53 @@ class API:
                 "upstreams": self.pool.snapshot(),
             }
         )
+
+
+def _usage_record(
+    usage: _Usage,
+    status: int,
+    seconds: float,
+    images: int,
+    cost: float | None,
+    saved: float | None,
+) -> dict[str, Any]:
+    """One usage log line. Ids, names, numbers and the validated size only: never the
+    prompt, an image, or a key."""
+    job, result, err = usage.job, usage.result, usage.error
+    task_ids = list(result.task_ids) if result is not None else []
+    trace_ids = list(result.trace_ids) if result is not None else []
+    if err is not None:
+        # Upstream errors carry the provider's ids too: they are what its support asks for.
+        task_ids += [t for t in err.headers.get("x-upstream-task-id", "").split(",") if t]
+        trace_ids += [t for t in err.headers.get("x-upstream-trace-id", "").split(",") if t]
+    upstreams = list(dict.fromkeys(result.upstreams)) if result is not None else []
+    return {
+        "time": timestamp(time.time()),
+        "request_id": usage.request_id,
+        "client": usage.client,
+        "endpoint": usage.endpoint,
+        "model": job.model if job is not None else None,
+        # What the app asked for (an alias, say), cut short: it is the caller's free text.
+        "model_requested": usage.model_requested[:64] if usage.model_requested else None,
+        "images_requested": job.count if job is not None else None,
+        "images": images,
+        "size": usage.size,
+        "resolution": job.resolution if job is not None else None,
+        "aspect_ratio": job.aspect_ratio if job is not None else None,
+        "stream": usage.stream,
+        "cache": usage.cache,
+        "upstreams": upstreams,
+        "attempts": len(usage.attempts),
+        "upstream_outcomes": [f"{a.upstream}:{a.outcome}" for a in usage.attempts],
+        "latency_ms": round(seconds * 1000),
+        "cost_usd": cost,
+        "cost_saved_usd": saved,
+        "status": status,
+        "error_code": err.code if err is not None else None,
+        "limit": err.limit if isinstance(err, LimitExceeded) else None,
+        "task_ids": task_ids,
+        "trace_ids": trace_ids,
+    }
 
 
 def _allow_partial(request: Request, default: bool) -> bool:

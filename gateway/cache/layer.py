@@ -28,7 +28,7 @@ from ..media import decode_data_uri
 from ..metrics import Metrics
 from ..service import ImageService
 from ..translate import split_count
-from ..types import ImagesResult, Job, Output, ProducedImage
+from ..types import CacheResult, ImagesResult, Job, Output, ProducedImage
 from .entry import Entry, entry_from_result
 from .flights import Flights
 from .key import CachePolicy, cache_key
@@ -47,7 +47,7 @@ class _Made:
     """What a flight hands its waiters: the entry, and how the flight got it."""
 
     entry: Entry
-    how: str  # "miss" (made it), "hit" (found it), "coalesced" (another replica made it)
+    how: CacheResult  # miss (made it), hit (found it), coalesced (another replica made it)
 
 
 class ImageCache:
@@ -139,7 +139,17 @@ class ImageCache:
             )
         return self._counted(served, how, job)
 
-    def _counted(self, result: ImagesResult, how: str, job: Job) -> ImagesResult:
+    async def stored(self, job: Job, output: Output, policy: CachePolicy) -> ImagesResult | None:
+        """A stored answer for job, without making anything: None when there is none.
+        For callers out of quota, whom a stored (free) answer can still serve."""
+        if not (self.enabled and policy.lookup):
+            return None
+        key = await self._key(job, output)
+        found = await self._lookup(key) if key is not None else None
+        served = await self._serve(found, output) if found is not None else None
+        return self._counted(served, "hit", job) if served is not None else None
+
+    def _counted(self, result: ImagesResult, how: CacheResult, job: Job) -> ImagesResult:
         result.cache = how
         self._metrics.cache_requests.labels(how).inc()
         if how in ("hit", "coalesced"):
