@@ -108,7 +108,8 @@ def test_parse_config_shipped_configmap_parses() -> None:
 
     path = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes" / "configmap.yaml"
     text = yaml.safe_load(path.read_text())["data"]["config.toml"]
-    config = parse(text, EXAMPLE_ENV)
+    # The ConfigMap's redis_url carries the Redis password from the Secret.
+    config = parse(text, {**EXAMPLE_ENV, "REDIS_PASSWORD": "redis0123456789"})
     assert {u.type for u in config.upstreams} <= {"acedata", "xhuoapi", "defapi"}
     assert all(t in EXAMPLE_ENV.values() for u in config.upstreams for t in u.tokens)
 

