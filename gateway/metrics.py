@@ -130,11 +130,6 @@ class Metrics:
             ["operation"],
             registry=r,
         )
-        self.cache_redis_up = Gauge(
-            "nano_banana_cache_redis_up",
-            "1 while the shared Redis cache answers, 0 while it is marked down.",
-            registry=r,
-        )
 
     def watch_cache(self, cache: CacheSize) -> None:
         """Export what the in-process cache holds, read fresh at each scrape."""
@@ -187,6 +182,9 @@ class CacheSize(Protocol):
     @property
     def entries(self) -> int: ...
 
+    @property
+    def redis_up(self) -> bool | None: ...
+
 
 class _CacheCollector(Collector):
     def __init__(self, cache: CacheSize) -> None:
@@ -203,6 +201,13 @@ class _CacheCollector(Collector):
             "Results held by the in-process cache.",
             value=float(self._cache.entries),
         )
+        up = self._cache.redis_up
+        if up is not None:  # only where Redis is configured, so no alert fires without it
+            yield GaugeMetricFamily(
+                "nano_banana_cache_redis_up",
+                "1 while the shared Redis cache answers, 0 while it is marked down.",
+                value=1.0 if up else 0.0,
+            )
 
 
 class _PoolCollector(Collector):

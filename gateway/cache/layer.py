@@ -83,7 +83,6 @@ class ImageCache:
                 prefix=config.redis_prefix,
                 timeout=config.redis_timeout_seconds,
                 on_error=lambda op: metrics.cache_redis_errors.labels(op).inc(),
-                on_state=lambda up: metrics.cache_redis_up.set(1.0 if up else 0.0),
             )
         metrics.watch_cache(self)
 
@@ -96,6 +95,11 @@ class ImageCache:
     def entries(self) -> int:
         """Entries held in this process."""
         return len(self._local)
+
+    @property
+    def redis_up(self) -> bool | None:
+        """Whether the shared Redis answers; None when none is configured."""
+        return None if self._shared is None else self._shared.up
 
     async def aclose(self) -> None:
         """Close the Redis connections."""

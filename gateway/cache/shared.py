@@ -68,12 +68,10 @@ class SharedStore:
         prefix: str,
         timeout: float,
         on_error: Callable[[str], None] = lambda op: None,
-        on_state: Callable[[bool], None] = lambda up: None,
     ) -> None:
         self._prefix = prefix
         self._timeout = timeout
         self._on_error = on_error
-        self._on_state = on_state
         self._where = safe_location(url)
         self._down_until = 0.0
         self._was_down = False
@@ -86,7 +84,11 @@ class SharedStore:
             decode_responses=False,
         )
         self._release = self._redis.register_script(_RELEASE)
-        on_state(True)
+
+    @property
+    def up(self) -> bool:
+        """False from a failure until Redis answers again."""
+        return not self._was_down
 
     @property
     def available(self) -> bool:
@@ -104,7 +106,6 @@ class SharedStore:
             self._on_error(op)
             if not self._was_down:
                 self._was_down = True
-                self._on_state(False)
                 log.warning(
                     "cache: Redis at %s is unavailable (%s during %s); serving from the "
                     "in-process cache until it answers again",
@@ -115,7 +116,6 @@ class SharedStore:
             raise SharedUnavailable(op) from None
         if self._was_down:
             self._was_down = False
-            self._on_state(True)
             log.warning("cache: Redis at %s answers again; sharing the cache", self._where)
         return result
 
