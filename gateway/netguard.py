@@ -146,11 +146,13 @@ class UrlPolicy:
         """Is (host, port) one of the configured upstreams?"""
         return (host.lower().strip("[]"), port) in self.trusted_origins
 
-    def check_url(self, url: str) -> str:
+    def check_url(self, url: str, *, names: bool = True) -> str:
         """The URL, normalised, if the gateway may fetch or forward it; else RefusedUrl.
 
-        Only looks at the URL: a host name is judged again, by its addresses, when the
-        download client resolves it (see GuardedResolver).
+        Only looks at the URL. With `names`, host names that only exist inside a network
+        (localhost, *.internal, single labels) are refused too: for URLs handed on to an
+        upstream that is all the gateway can judge. The downloader passes names=False,
+        because its resolver judges every name by the addresses it resolves to.
         """
         if _AMBIGUOUS.search(url):
             raise RefusedUrl("the URL contains spaces, backslashes or control characters")
@@ -172,8 +174,10 @@ class UrlPolicy:
         if ip is not None:
             if not self.address_allowed(ip):
                 raise RefusedUrl(f"{host} is a private, loopback or otherwise internal address")
-        elif not self.allow_private and (
-            host == "localhost" or host.endswith(_INTERNAL_SUFFIXES) or "." not in host
+        elif (
+            names
+            and not self.allow_private
+            and (host == "localhost" or host.endswith(_INTERNAL_SUFFIXES) or "." not in host)
         ):
             raise RefusedUrl(f"{host} is an internal host name")
         return str(parsed)
