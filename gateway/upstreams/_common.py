@@ -94,6 +94,28 @@ def is_image_link(value: object) -> bool:
     return head.startswith(("http://", "https://", "data:image/"))
 
 
+# Provider ids travel on to the caller in headers and to the logs: plain and short only.
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
+def clean_id(value: object, token: str | None = None) -> str | None:
+    """A provider's task or trace id, if it is fit to repeat: short, plain characters (no
+    header injection), and not containing the credential it answered to (a hostile or
+    buggy upstream may echo it back); else None."""
+    if not isinstance(value, str) or not _ID.fullmatch(value):
+        return None
+    if token and token in value:
+        return None
+    return value
+
+
+def without_token_ids(exc: UpstreamError, token: str) -> UpstreamError:
+    """The same error, its ids dropped if they carry the token."""
+    exc.task_id = clean_id(exc.task_id, token)
+    exc.trace_id = clean_id(exc.trace_id, token)
+    return exc
+
+
 def check_count(images: list[str], asked: int, upstream: str) -> None:
     """More images than asked for is not a bonus but an answer that cannot be trusted
     (someone else's images, a confused task); fewer is legal and handled by the caller."""

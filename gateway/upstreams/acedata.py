@@ -12,7 +12,15 @@ from typing import Any
 from ..http import make_client
 from ..models import base_model
 from ..types import Job
-from ._common import call, check_count, is_image_link, json_loads, parse_retry_after
+from ._common import (
+    call,
+    check_count,
+    clean_id,
+    is_image_link,
+    json_loads,
+    parse_retry_after,
+    without_token_ids,
+)
 from .base import FailureKind, Upstream, UpstreamError, UpstreamResult
 
 DEFAULT_MODELS = {
@@ -80,8 +88,8 @@ def parse_answer(
             f"{upstream}: answered HTTP {status} with a body that is not JSON",
             status=status,
         )
-    task_id = payload.get("task_id") if isinstance(payload.get("task_id"), str) else None
-    trace_id = payload.get("trace_id") if isinstance(payload.get("trace_id"), str) else None
+    task_id = clean_id(payload.get("task_id"))
+    trace_id = clean_id(payload.get("trace_id"))
     if status == 200 and payload.get("success") is True:
         data = payload.get("data")
         urls = (
@@ -157,10 +165,15 @@ class AceDataUpstream(Upstream):
             json=body,
             headers={"authorization": f"Bearer {token}", "accept": "application/json"},
         )
-        result = parse_answer(
-            answer.status, json_loads(answer.body), answer.headers.get("retry-after"), self.name
-        )
+        try:
+            result = parse_answer(
+                answer.status, json_loads(answer.body), answer.headers.get("retry-after"), self.name
+            )
+        except UpstreamError as exc:
+            raise without_token_ids(exc, token) from None
         check_count(result.images, job.count, self.name)
+        result.task_id = clean_id(result.task_id, token)
+        result.trace_id = clean_id(result.trace_id, token)
         return result
 
     async def aclose(self) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 from ..http import make_client
 from ..models import base_model
 from ..types import Job
-from ._common import call, check_count, is_image_link, json_loads, parse_retry_after
+from ._common import call, check_count, clean_id, is_image_link, json_loads, parse_retry_after
 from .base import FailureKind, Upstream, UpstreamError, UpstreamResult
 
 DEFAULT_MODELS = {
@@ -172,11 +172,13 @@ class DefApiUpstream(Upstream):
             )
         raw_data = payload.get("data")
         data: dict[str, Any] = raw_data if isinstance(raw_data, dict) else {}
-        task_id = data.get("task_id")
-        if resp.status != 200 or payload.get("code") != 0 or not isinstance(task_id, str):
+        task_id = clean_id(data.get("task_id"), token)
+        if resp.status != 200 or payload.get("code") != 0 or task_id is None:
             message = str(payload.get("detail") or payload.get("message") or f"HTTP {resp.status}")
             if resp.status == 200 and payload.get("code") == 0:
-                raise UpstreamError(FailureKind.MALFORMED, f"{self.name}: submit without task_id")
+                raise UpstreamError(
+                    FailureKind.MALFORMED, f"{self.name}: submit without a usable task_id"
+                )
             raise UpstreamError(
                 classify_submit(resp.status, message),
                 message,
