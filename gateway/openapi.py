@@ -117,7 +117,20 @@ def _image_operation(
             "headers": _REQUEST_ID,
             "content": {
                 "application/json": {"schema": {"$ref": "#/components/schemas/ImagesResponse"}},
-                "text/event-stream": {"schema": {"type": "string"}},
+                # OpenAPI before 3.2 reads an event stream's schema as that of each event.
+                "text/event-stream": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["event", "data"],
+                        "properties": {
+                            "event": {"enum": [f"{kind}.completed", "error", "message"]},
+                            "data": {
+                                "type": "string",
+                                "description": "The event as JSON; the last is [DONE].",
+                            },
+                        },
+                    }
+                },
             },
         },
     }
