@@ -11,6 +11,7 @@ from types import FrameType
 
 import uvicorn
 
+from . import logscrub
 from .config import ConfigError, load_config
 
 # uvicorn's own drain deadline, past the app's grace period: the app answers its cut-off
@@ -67,21 +68,20 @@ def main(argv: list[str] | None = None) -> int:
     from .app import create_app
 
     app = create_app(config, bind_host=args.host)
-    server = _Server(
-        uvicorn.Config(
-            app,
-            host=args.host,
-            port=args.port,
-            log_level=config.server.log_level,
-            # Image calls take minutes: on SIGTERM stop accepting, let in-flight ones
-            # finish (the app cuts them off at shutdown_grace_seconds).
-            timeout_graceful_shutdown=math.ceil(config.server.shutdown_grace_seconds)
-            + _ANSWER_SECONDS,
-            timeout_keep_alive=75,
-            proxy_headers=True,
-        ),
-        on_exit=app.state.shutdown.begin,
+    uvicorn_config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=config.server.log_level,
+        # Image calls take minutes: on SIGTERM stop accepting, let in-flight ones
+        # finish (the app cuts them off at shutdown_grace_seconds).
+        timeout_graceful_shutdown=math.ceil(config.server.shutdown_grace_seconds) + _ANSWER_SECONDS,
+        timeout_keep_alive=75,
+        proxy_headers=True,
     )
+    # After uvicorn has set up its log handlers, so that they are covered too.
+    logscrub.install(config.secrets())
+    server = _Server(uvicorn_config, on_exit=app.state.shutdown.begin)
     server.run()
     if not server.started:
         return 1  # uvicorn has logged why (e.g. the port is taken)

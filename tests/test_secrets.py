@@ -12,7 +12,9 @@ alone on a smaller run.)
 from __future__ import annotations
 
 import base64
+import io
 import json
+import logging
 import signal
 import threading
 
@@ -20,6 +22,7 @@ import httpx
 import openai
 import pytest
 
+from gateway import logscrub
 from tests.conftest import ADMIN_KEY, CLIENT_KEY, CLIENTS_TOML, upstream_toml
 from tests.fakes.upstreams import png_bytes
 from tests.hostile import Handler, HostileServer, send
@@ -161,6 +164,8 @@ def test_no_secret_in_anything_the_gateway_emits(spawn, fake_factory):
         metrics = _record(
             seen, http.get("/metrics", headers={"authorization": f"Bearer {METRICS_KEY}"})
         )
+        # A client that puts its key in the query string: the access log writes the path.
+        _record(seen, http.get(f"/v1/models?api_key={CLIENT_KEY}", headers=auth))
         for path in ("/openapi.json", "/readyz", "/healthz", "/nowhere", "/v1/models/x"):
             _record(seen, http.get(path, headers=auth))
         _record(seen, http.delete("/v1/images/generations", headers=auth))
@@ -184,3 +189,29 @@ def test_no_secret_in_anything_the_gateway_emits(spawn, fake_factory):
     for where, text in emitted.items():
         for secret in SECRETS:
             assert secret not in text, f"{secret} leaked into {where}:\n{text[:2000]}"
+
+
+def test_log_scrubber_cleans_messages_arguments_and_tracebacks():
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger = logging.getLogger("tests.scrubbed")
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    try:
+        scrubber = logscrub.install([ECHO_TOKEN, CLIENT_KEY])
+        assert scrubber in handler.filters
+        logger.warning("upstream said %s", f"bad token {ECHO_TOKEN}")
+        try:
+            raise RuntimeError(f"header was Bearer {CLIENT_KEY}")
+        except RuntimeError:
+            logger.exception("request failed for %s", CLIENT_KEY)
+        logger.info("nothing secret here")
+    finally:
+        logger.removeHandler(handler)
+    text = out.getvalue()
+    assert "bad token [redacted]" in text
+    assert "RuntimeError: header was Bearer [redacted]" in text  # the traceback is kept
+    assert "nothing secret here" in text
+    assert ECHO_TOKEN not in text and CLIENT_KEY not in text
