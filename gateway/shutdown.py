@@ -35,11 +35,16 @@ class Shutdown:
         """True once shutdown has been asked for: new image requests are refused."""
         return self._begun
 
-    @property
     def cutoff(self) -> asyncio.Future[None]:
-        """Done when the grace period is over; in-flight requests are then cut off."""
-        if self._cutoff is None:
-            raise RuntimeError("Shutdown.bind() was not called")
+        """Done when the grace period is over; in-flight requests are then cut off.
+
+        Binds to the running loop if startup did not (an app driven without its lifespan,
+        as some test clients do, each request on a loop of its own).
+        """
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._cutoff is None:
+            self.bind(loop)
+        assert self._cutoff is not None
         return self._cutoff
 
     def begin(self) -> None:

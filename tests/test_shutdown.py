@@ -144,3 +144,17 @@ def test_requests_are_untouched_when_no_shutdown_is_under_way(fake_factory, gate
     assert gw.client().images.generate(prompt="x", response_format="url").data[0].url
     with httpx.Client(base_url=gw.url) as http:
         assert http.get("/healthz").status_code == 200
+
+
+def test_image_requests_work_when_the_app_runs_without_its_lifespan():
+    """Some ASGI drivers skip startup (Starlette's TestClient outside a `with`, each
+    request on a loop of its own): the shutdown clock binds to whichever loop serves."""
+    from starlette.testclient import TestClient
+
+    from gateway.app import create_app
+    from tests.conftest import make_config
+
+    client = TestClient(create_app(make_config("")))
+    for prompt in ("one", "two"):
+        r = client.post("/v1/images/generations", json={"prompt": prompt, "response_format": "url"})
+        assert r.status_code == 200, r.text

@@ -85,7 +85,7 @@ class ShutdownMiddleware:
 
         work = asyncio.ensure_future(self.app(scope, receive, tracked_send))
         try:
-            await asyncio.wait({work, self.shutdown.cutoff}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({work, self.shutdown.cutoff()}, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
             work.cancel()
             raise
