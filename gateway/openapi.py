@@ -150,8 +150,8 @@ def _image_operation(
 def openapi_document(config: Config) -> dict[str, Any]:
     """The OpenAPI document for a gateway built from this configuration."""
     secured = bool(config.clients)
-    client_security = {"security": [{"clientKey": []}]} if secured else {}
-    unauthorized = {"401": _error(401)} if secured else {}
+    client_security: dict[str, Any] = {"security": [{"clientKey": []}]} if secured else {}
+    unauthorized: dict[str, Any] = {"401": _error(401)} if secured else {}
 
     generation_body = {
         "type": "object",
