@@ -4,11 +4,34 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
+from collections.abc import Callable
+from types import FrameType
 
 import uvicorn
 
+from . import logscrub
 from .config import ConfigError, load_config
+
+# uvicorn's own drain deadline, past the app's grace period: the app answers its cut-off
+# requests with a 503 at the grace period, and these seconds let those answers go out
+# before uvicorn cancels whatever is left.
+_ANSWER_SECONDS = 5
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, telling the app when SIGTERM/SIGINT arrives (uvicorn keeps that
+    to itself), so the app can start its shutdown clock."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """The signal handler: start the app's grace period, then uvicorn's shutdown."""
+        self._on_exit()
+        super().handle_exit(sig, frame)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,16 +67,24 @@ def main(argv: list[str] | None = None) -> int:
 
     from .app import create_app
 
-    uvicorn.run(
-        create_app(config),
+    app = create_app(config, bind_host=args.host)
+    uvicorn_config = uvicorn.Config(
+        app,
         host=args.host,
         port=args.port,
         log_level=config.server.log_level,
-        # Image calls take minutes: on SIGTERM stop accepting, let in-flight ones finish.
-        timeout_graceful_shutdown=int(config.server.shutdown_grace_seconds),
+        # Image calls take minutes: on SIGTERM stop accepting, let in-flight ones
+        # finish (the app cuts them off at shutdown_grace_seconds).
+        timeout_graceful_shutdown=math.ceil(config.server.shutdown_grace_seconds) + _ANSWER_SECONDS,
         timeout_keep_alive=75,
         proxy_headers=True,
     )
+    # After uvicorn has set up its log handlers, so that they are covered too.
+    logscrub.install(config.secrets())
+    server = _Server(uvicorn_config, on_exit=app.state.shutdown.begin)
+    server.run()
+    if not server.started:
+        return 1  # uvicorn has logged why (e.g. the port is taken)
     return 0
 
 

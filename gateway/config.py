@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import ipaddress
 import os
 import re
 import tomllib
@@ -117,8 +118,13 @@ class ImagesConfig:
     allow_partial: bool = False
     download_max_bytes: int = 64 * 1024 * 1024
     download_timeout_seconds: float = 120.0
-    upload_max_bytes: int = 50 * 1024 * 1024
+    # Per input image. The upstreams refuse images over 10 MB; refusing them here says so
+    # before the upload is paid for twice.
+    upload_max_bytes: int = 10 * 1024 * 1024
     stream_keepalive_seconds: float = 10.0
+    # Image links and image_url inputs may not point at internal addresses unless allowed.
+    allow_private_networks: bool = False
+    allowed_networks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -161,14 +167,21 @@ class AdminConfig:
     """Access to /admin/*: off unless a key is set."""
 
     key: str | None = None
+    # When set, /metrics on the main port needs it (as a Bearer token).
+    metrics_key: str | None = None
 
 
 @dataclass(frozen=True)
 class ServerConfig:
     """Process-level settings."""
 
+    # SIGTERM: stop accepting, let in-flight requests run this long, then answer 503.
     shutdown_grace_seconds: float = 600.0
     log_level: str = "info"
+    # When set, /metrics is served on this port only (not on the API port).
+    metrics_port: int | None = None
+    # Address for metrics_port; None: the same address as the API (--host).
+    metrics_host: str | None = None
 
 
 @dataclass(frozen=True)
@@ -198,6 +211,8 @@ class Config:
         found += [c.key for c in self.clients if c.key]
         if self.admin.key:
             found.append(self.admin.key)
+        if self.admin.metrics_key:
+            found.append(self.admin.metrics_key)
         if self.cache.redis_url:
             # A Redis password sits in the URL: redis://:PASSWORD@host or user:PASSWORD@.
             password = urllib.parse.urlsplit(self.cache.redis_url).password
@@ -246,7 +261,9 @@ def config_from_env(env: Mapping[str, str]) -> Config:
     if clients:
         raw["clients"] = clients
     if env.get("GATEWAY_ADMIN_KEY"):
-        raw["admin"] = {"key": env["GATEWAY_ADMIN_KEY"]}
+        raw.setdefault("admin", {})["key"] = env["GATEWAY_ADMIN_KEY"]
+    if env.get("GATEWAY_METRICS_KEY"):
+        raw.setdefault("admin", {})["metrics_key"] = env["GATEWAY_METRICS_KEY"]
     if env.get("GATEWAY_REDIS_URL"):
         raw["cache"] = {"redis_url": env["GATEWAY_REDIS_URL"]}
     # Env values are literal secrets: no ${VAR} expansion, so a '$' in a token survives.
@@ -307,7 +324,7 @@ def parse_config(
         pool=_parse_pool(_table(raw, "pool")),
         images=_parse_images(_table(raw, "images"), _table(raw, "models")),
         cache=_parse_cache(_table(raw, "cache"), env, expand),
-        admin=AdminConfig(key=_opt_secret(_table(raw, "admin"), "key", "admin", env, expand)),
+        admin=_parse_admin(_table(raw, "admin"), env, expand),
         server=_parse_server(_table(raw, "server")),
         prices=prices,
         usage=_parse_usage(_table(raw, "usage")),
@@ -568,6 +585,19 @@ def _parse_images(t: Mapping[str, Any], models: Mapping[str, Any]) -> ImagesConf
     allow_partial = t.get("allow_partial", d.allow_partial)
     if not isinstance(allow_partial, bool):
         raise ConfigError("images.allow_partial: must be true or false")
+    allow_private = t.get("allow_private_networks", d.allow_private_networks)
+    if not isinstance(allow_private, bool):
+        raise ConfigError("images.allow_private_networks: must be true or false")
+    networks = t.get("allowed_networks", [])
+    if not isinstance(networks, list) or not all(isinstance(n, str) for n in networks):
+        raise ConfigError("images.allowed_networks: must be a list of CIDR strings")
+    for i, net in enumerate(networks):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"images.allowed_networks[{i}]: {net!r} is not a network like 10.1.0.0/16"
+            ) from None
     return ImagesConfig(
         default_model=default_model,
         aliases=aliases,
@@ -580,6 +610,8 @@ def _parse_images(t: Mapping[str, Any], models: Mapping[str, Any]) -> ImagesConf
         stream_keepalive_seconds=_num(
             t, "stream_keepalive_seconds", w, d.stream_keepalive_seconds, minimum=0.05
         ),
+        allow_private_networks=allow_private,
+        allowed_networks=tuple(networks),
     )
 
 
@@ -609,14 +641,29 @@ def _parse_cache(t: Mapping[str, Any], env: Mapping[str, str], expand: bool) -> 
     )
 
 
+def _parse_admin(t: Mapping[str, Any], env: Mapping[str, str], expand: bool) -> AdminConfig:
+    _only_keys(t, "admin", {"key", "metrics_key"})
+    return AdminConfig(
+        key=_opt_secret(t, "key", "admin", env, expand),
+        metrics_key=_opt_secret(t, "metrics_key", "admin", env, expand),
+    )
+
+
 def _parse_server(t: Mapping[str, Any]) -> ServerConfig:
-    _only_keys(t, "server", {"shutdown_grace_seconds", "log_level"})
+    _only_keys(t, "server", {"shutdown_grace_seconds", "log_level", "metrics_port", "metrics_host"})
     level = _str(t, "log_level", "server") or "info"
     if level not in ("critical", "error", "warning", "info", "debug"):
         raise ConfigError("server.log_level: one of critical, error, warning, info, debug")
+    metrics_port = None
+    if t.get("metrics_port") is not None:
+        metrics_port = _int(t, "metrics_port", "server", 0, minimum=1)
+        if metrics_port > 65535:
+            raise ConfigError("server.metrics_port: must be a port number (1-65535)")
     return ServerConfig(
         shutdown_grace_seconds=_num(t, "shutdown_grace_seconds", "server", 600.0, minimum=0.0),
         log_level=level,
+        metrics_port=metrics_port,
+        metrics_host=_str(t, "metrics_host", "server") or None,
     )
 
 
@@ -636,7 +683,6 @@ def _expand(value: str, where: str, env: Mapping[str, str]) -> str:
 def _opt_secret(
     t: Mapping[str, Any], key: str, where: str, env: Mapping[str, str], expand: bool
 ) -> str | None:
-    _only_keys(t, where, {key})
     value = _str(t, key, where)
     if value is None:
         return None

@@ -1,39 +1,70 @@
-"""Downloading the images upstreams link to, bounded in size and time.
+"""Downloading the images upstreams link to: bounded in size and time, never inward.
 
-Used when the caller wants b64_json (or a re-encode). Some image hosts answer 403 to
-clients that do not look like a browser, so the request carries a browser-like agent.
+Used when the caller wants b64_json (or a re-encode). The links come from upstream
+answers, so they are untrusted: every hop of a redirect chain is checked against the
+network policy (netguard) before it is followed, names are resolved by a resolver that
+refuses internal addresses, and what arrives must be a whole image of sane size.
+
+Some image hosts answer 403 to clients that do not look like a browser, so the request
+carries a browser-like agent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
 
+import aiohttp
 import httpx
+from httpx_aiohttp import AiohttpTransport
 
 from .errors import GatewayError
-from .http import make_client
-from .media import decode_data_uri, sniff_mime
+from .media import BadImage, decode_data_uri, inspect_image
+from .netguard import GuardedResolver, RefusedUrl, UrlPolicy, refused_cause
 
 _BROWSER_UA = (
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
     "Chrome/130.0 Safari/537.36"
 )
+_REDIRECTS = (301, 302, 303, 307, 308)
+# CDNs redirect once or twice (to a regional host, a signed URL); more is a loop.
+MAX_REDIRECTS = 5
+# Downloads are short and fewer than upstream calls; this bounds sockets, not requests.
+_MAX_CONNECTIONS = 1024
 
 
 def _fetch_failed(message: str) -> GatewayError:
     return GatewayError(502, message, type="server_error", code="image_download_failed")
 
 
+def _refused(reason: str) -> GatewayError:
+    return GatewayError(
+        502,
+        f"The upstream's image link was refused: {reason}.",
+        type="server_error",
+        code="image_download_refused",
+    )
+
+
 class Fetcher:
     """One shared client for image downloads."""
 
-    def __init__(self, *, max_bytes: int, timeout: float) -> None:
+    def __init__(
+        self,
+        *,
+        max_bytes: int,
+        timeout: float,
+        policy: UrlPolicy | None = None,
+        max_redirects: int = MAX_REDIRECTS,
+    ) -> None:
         self._max_bytes = max_bytes
         self._timeout = timeout
-        self._client = make_client("", timeout=timeout)
+        self._policy = policy or UrlPolicy()
+        self._max_redirects = max_redirects
+        self._client = _download_client(self._policy, timeout)
 
     async def get(self, url: str) -> tuple[bytes, str]:
-        """The image's bytes and sniffed mime type; data: URIs are decoded locally."""
+        """The image's bytes and type; data: URIs are decoded locally. 502/504 on failure."""
         if url.startswith("data:"):
             try:
                 decoded = decode_data_uri(url)
@@ -42,6 +73,8 @@ class Fetcher:
             if decoded is None:
                 raise _fetch_failed("The upstream returned an unreadable data: URI.")
             data = decoded[0]
+            if len(data) > self._max_bytes:
+                raise _fetch_failed("The generated image is larger than download_max_bytes.")
         else:
             try:
                 async with asyncio.timeout(self._timeout):
@@ -53,38 +86,89 @@ class Fetcher:
                     type="server_error",
                     code="image_download_timeout",
                 ) from None
-        mime = sniff_mime(data)
-        if mime is None:
-            raise _fetch_failed("The upstream's image link did not return an image.")
-        return data, mime
+        try:
+            # Decoded once here, off the event loop, so re-encoding later cannot fail.
+            info = await asyncio.to_thread(inspect_image, data, decode=True)
+        except BadImage as exc:
+            raise _fetch_failed(
+                f"The upstream's image link did not return an image: {exc}."
+            ) from None
+        return data, info.mime
 
     async def _download(self, url: str) -> bytes:
-        try:
-            async with self._client.stream(
-                "GET", url, headers={"user-agent": _BROWSER_UA, "accept": "image/*,*/*"}
-            ) as resp:
-                if resp.status_code != 200:
-                    raise _fetch_failed(
-                        f"Downloading the generated image failed: HTTP {resp.status_code}."
-                    )
-                declared = resp.headers.get("content-length")
-                if declared and declared.isdigit() and int(declared) > self._max_bytes:
-                    raise _fetch_failed("The generated image is larger than download_max_bytes.")
-                chunks: list[bytes] = []
-                total = 0
-                async for chunk in resp.aiter_bytes():
-                    total += len(chunk)
-                    if total > self._max_bytes:
+        for _hop in range(self._max_redirects + 1):
+            try:
+                # Names are left to the resolver, which judges them by their addresses.
+                target = self._policy.check_url(url, names=False)
+            except RefusedUrl as exc:
+                raise _refused(str(exc)) from None
+            try:
+                async with self._client.stream(
+                    "GET",
+                    target,
+                    headers={
+                        "user-agent": _BROWSER_UA,
+                        "accept": "image/*,*/*",
+                        # Images are compressed already; a compressed transfer only adds a
+                        # way to inflate a small answer into a huge one.
+                        "accept-encoding": "identity",
+                    },
+                ) as resp:
+                    if resp.status_code in _REDIRECTS:
+                        location = resp.headers.get("location")
+                        if not location:
+                            raise _fetch_failed("The image link redirected nowhere.")
+                        url = urllib.parse.urljoin(target, location)
+                        continue
+                    if resp.status_code != 200:
                         raise _fetch_failed(
-                            "The generated image is larger than download_max_bytes."
+                            f"Downloading the generated image failed: HTTP {resp.status_code}."
                         )
-                    chunks.append(chunk)
-                return b"".join(chunks)
-        except httpx.TransportError as exc:
-            raise _fetch_failed(
-                f"Downloading the generated image failed ({type(exc).__name__})."
-            ) from None
+                    return await self._read(resp)
+            except httpx.TransportError as exc:
+                blocked = refused_cause(exc)
+                if blocked is not None:
+                    raise _refused(str(blocked)) from None
+                raise _fetch_failed(
+                    f"Downloading the generated image failed ({type(exc).__name__})."
+                ) from None
+        raise _fetch_failed(f"The image link redirected more than {self._max_redirects} times.")
+
+    async def _read(self, resp: httpx.Response) -> bytes:
+        declared = resp.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self._max_bytes:
+            raise _fetch_failed("The generated image is larger than download_max_bytes.")
+        chunks: list[bytes] = []
+        total = 0
+        async for chunk in resp.aiter_bytes():
+            total += len(chunk)
+            if total > self._max_bytes:
+                raise _fetch_failed("The generated image is larger than download_max_bytes.")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def aclose(self) -> None:
         """Close the client."""
         await self._client.aclose()
+
+
+def _download_client(policy: UrlPolicy, timeout: float) -> httpx.AsyncClient:
+    """httpx over aiohttp, as for upstreams, but resolving names through the policy."""
+
+    def session() -> aiohttp.ClientSession:
+        # Built lazily, inside the running loop, as aiohttp requires.
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=_MAX_CONNECTIONS, limit_per_host=0, resolver=GuardedResolver(policy)
+            ),
+            # No proxies from the environment: a proxy would resolve names itself, past
+            # the resolver's checks.
+            trust_env=False,
+        )
+
+    return httpx.AsyncClient(
+        transport=AiohttpTransport(client=session),
+        timeout=httpx.Timeout(timeout, connect=min(timeout, 30.0)),
+        trust_env=False,
+        follow_redirects=False,  # followed by hand, each hop checked
+    )

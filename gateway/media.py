@@ -10,6 +10,8 @@ import base64
 import binascii
 import io
 import re
+import warnings
+from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
@@ -26,6 +28,32 @@ _SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
 )
 
 
+# The formats accepted from callers and from upstreams: what the upstreams take and make.
+ACCEPTED_FORMATS = {
+    "image/png": "PNG",
+    "image/jpeg": "JPEG",
+    "image/webp": "WEBP",
+    "image/gif": "GIF",
+}
+
+# Most pixels an image may have: 8192x8192, twice a 4K Nano Banana Pro image on each side
+# and more than any phone photo. Decoding costs memory by pixels, not by file size, and a
+# few kilobytes of PNG can claim gigapixels (a decompression bomb).
+MAX_IMAGE_PIXELS = 8192 * 8192
+
+
+class BadImage(ValueError):
+    """Bytes that are not an acceptable image; the message says why in words for a caller."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What inspecting an image found out."""
+
+    mime: str
+    size: tuple[int, int]
+
+
 def sniff_mime(data: bytes) -> str | None:
     """The image type of some bytes from their magic number, or None if not an image."""
     for magic, offset, mime in _SIGNATURES:
@@ -36,6 +64,56 @@ def sniff_mime(data: bytes) -> str | None:
     if data[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypavif"):
         return "image/avif" if data[8:12] == b"avif" else "image/heic"
     return None
+
+
+def inspect_image(
+    data: bytes, *, decode: bool = False, max_pixels: int = MAX_IMAGE_PIXELS
+) -> ImageInfo:
+    """Check that bytes are a whole PNG, JPEG, WebP or GIF of sane size; BadImage if not.
+
+    The type comes from the magic number, then Pillow must read the file to its end:
+    truncated or damaged files are refused, as are images with more than `max_pixels`
+    (checked from the header, before any pixel is decoded). Without `decode` the check is
+    cheap in memory (PNG chunks are verified by checksum, JPEG is decoded at 1/8 scale);
+    with it every pixel is decoded once, so whatever decodes the image later cannot fail.
+    """
+    mime = sniff_mime(data)
+    if mime not in ACCEPTED_FORMATS:
+        raise BadImage("not a PNG, JPEG, WebP or GIF image")
+    fmt = ACCEPTED_FORMATS[mime]
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between its own limit and twice that: make it an error.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            size = _check_pixels(data, fmt, max_pixels)
+            if fmt == "PNG":
+                with Image.open(io.BytesIO(data), formats=[fmt]) as im:
+                    im.verify()  # every chunk's CRC, up to IEND: catches truncation
+            if fmt != "PNG" or decode:
+                with Image.open(io.BytesIO(data), formats=[fmt]) as im:
+                    if fmt == "JPEG" and not decode:
+                        im.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
+                    im.load()
+    except BadImage:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise BadImage(f"the image has more than {max_pixels} pixels") from None
+    except Exception:  # Pillow raises a zoo of types (OSError, SyntaxError, ...) for damaged files
+        raise BadImage(f"the {fmt} file is damaged or truncated") from None
+    return ImageInfo(mime=mime, size=size)
+
+
+def _check_pixels(data: bytes, fmt: str, max_pixels: int) -> tuple[int, int]:
+    with Image.open(io.BytesIO(data), formats=[fmt]) as im:
+        width, height = im.size
+    if width < 1 or height < 1:
+        raise BadImage("the image has no pixels")
+    if width * height > max_pixels:
+        raise BadImage(
+            f"the image is {width}x{height}: more than {max_pixels} pixels "
+            f"(at most {int(max_pixels**0.5)}x{int(max_pixels**0.5)})"
+        )
+    return width, height
 
 
 def to_data_uri(data: bytes, mime: str) -> str:

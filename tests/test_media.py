@@ -8,13 +8,17 @@ import pytest
 from PIL import Image
 
 from gateway.media import (
+    MAX_IMAGE_PIXELS,
+    BadImage,
     decode_data_uri,
     image_size,
+    inspect_image,
     placeholder_png,
     reencode,
     sniff_mime,
     to_data_uri,
 )
+from tests.hostile import bomb_png, corrupt_idat_png
 
 PIL_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP", "image/gif": "GIF"}
 
@@ -261,3 +265,73 @@ def test_placeholder_png_is_not_blank() -> None:
 def test_placeholder_png_long_label() -> None:
     data = placeholder_png(128, 96, "x" * 5000)
     assert decoded(data).size == (128, 96)
+
+
+# --------------------------------------------------------------------------- inspect_image
+
+
+@pytest.mark.parametrize("decode", [False, True], ids=["cheap", "decode"])
+@pytest.mark.parametrize(
+    ("fmt", "mime", "size"),
+    [
+        pytest.param("PNG", "image/png", (1536, 1024), id="png"),
+        pytest.param("JPEG", "image/jpeg", (864, 1184), id="jpeg"),
+        pytest.param("WEBP", "image/webp", (33, 17), id="webp"),
+        pytest.param("GIF", "image/gif", (1, 1), id="gif"),
+    ],
+)
+def test_inspect_image_accepts_whole_images(fmt, mime, size, decode):
+    info = inspect_image(make_image(fmt, size), decode=decode)
+    assert (info.mime, info.size) == (mime, size)
+
+
+def _cut(fmt: str, keep: float) -> bytes:
+    noisy = Image.effect_noise((96, 64), 80).convert("RGB")
+    out = io.BytesIO()
+    noisy.save(out, fmt)
+    data = out.getvalue()
+    return data[: int(len(data) * keep)]
+
+
+@pytest.mark.parametrize("decode", [False, True], ids=["cheap", "decode"])
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        pytest.param(b"", "not a PNG", id="empty"),
+        pytest.param(b"hello", "not a PNG", id="text"),
+        pytest.param(make_image("BMP"), "not a PNG", id="bmp-not-accepted"),
+        pytest.param(b"\x89PNG\r\n\x1a\n", "damaged or truncated", id="png-magic-only"),
+        pytest.param(_cut("PNG", 0.5), "damaged or truncated", id="png-half"),
+        pytest.param(_cut("PNG", 0.98), "damaged or truncated", id="png-no-iend"),
+        pytest.param(_cut("JPEG", 0.5), "damaged or truncated", id="jpeg-half"),
+        pytest.param(_cut("JPEG", 0.99), "damaged or truncated", id="jpeg-no-eoi"),
+        pytest.param(_cut("WEBP", 0.9), "damaged or truncated", id="webp-cut"),
+        pytest.param(_cut("GIF", 0.5), "damaged or truncated", id="gif-half"),
+        pytest.param(b"\xff\xd8\xff" + b"\0" * 50, "damaged or truncated", id="jpeg-magic-junk"),
+        pytest.param(bomb_png(), "pixels", id="decompression-bomb"),
+    ],
+)
+def test_inspect_image_refuses(data, words, decode):
+    with pytest.raises(BadImage, match=words):
+        inspect_image(data, decode=decode)
+
+
+def test_inspect_image_pixel_limit_is_read_from_the_header():
+    # 9000x9000 is over the limit but under Pillow's own bomb threshold: our check says so.
+    wide = io.BytesIO()
+    Image.new("1", (9000, 9000)).save(wide, "PNG")
+    assert MAX_IMAGE_PIXELS < 9000 * 9000
+    with pytest.raises(BadImage, match="9000x9000"):
+        inspect_image(wide.getvalue())
+    assert inspect_image(wide.getvalue(), max_pixels=9000 * 9000).size == (9000, 9000)
+
+
+def test_only_a_full_decode_finds_damaged_pixel_data():
+    """Checksums right, deflate stream broken: the cheap check (used on uploads) passes it
+    on, the full decode (used on downloads, before any re-encode) refuses it."""
+    data = corrupt_idat_png()
+    assert inspect_image(data).size == (256, 256)
+    with pytest.raises(BadImage, match="damaged"):
+        inspect_image(data, decode=True)
+    with pytest.raises(OSError):
+        reencode(data, "jpeg", None)  # what the full decode protects against

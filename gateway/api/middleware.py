@@ -1,15 +1,25 @@
-"""Request ids: every answer carries `x-request-id`, errors and streams included."""
+"""ASGI middleware: request ids on every answer, and the shutdown deadline for image calls.
+
+Both are pure ASGI (no body buffering), so streams stay streams.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
+from collections.abc import Sequence
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..errors import GatewayError
+from ..shutdown import Shutdown
+from .responses import error_event, error_response
+
 
 class RequestIdMiddleware:
-    """Pure ASGI (no body buffering, so streams stay streams)."""
+    """Every answer carries `x-request-id`, errors and streams included."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -27,3 +37,75 @@ class RequestIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+def _shutting_down() -> GatewayError:
+    return GatewayError(
+        503,
+        "The gateway is shutting down and could not finish this request in time; "
+        "retry it (another instance will take it).",
+        type="server_error",
+        code="server_shutting_down",
+        headers={"retry-after": "1", "connection": "close"},
+    )
+
+
+class ShutdownMiddleware:
+    """Image requests during shutdown: new ones are refused with 503; ones still running
+    when the grace period ends are cancelled and answered with 503 (or, when their SSE
+    stream has already begun, with an SSE error event), never with silence."""
+
+    def __init__(self, app: ASGIApp, shutdown: Shutdown, paths: Sequence[str]) -> None:
+        self.app = app
+        self.shutdown = shutdown
+        self.paths = tuple(paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(self.paths):
+            await self.app(scope, receive, send)
+            return
+        if self.shutdown.begun:
+            await error_response(_shutting_down())(scope, receive, send)
+            return
+
+        started = finished = cut = False
+        streaming = False
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started, finished, streaming
+            if cut:
+                return  # the answer now belongs to the cut-off path below
+            if message["type"] == "http.response.start":
+                started = True
+                content_type = MutableHeaders(scope=message).get("content-type", "")
+                streaming = content_type.startswith("text/event-stream")
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                finished = True
+            await send(message)
+
+        work = asyncio.ensure_future(self.app(scope, receive, tracked_send))
+        try:
+            await asyncio.wait({work, self.shutdown.cutoff()}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            work.cancel()
+            raise
+        if work.done():
+            work.result()  # re-raise whatever the app raised
+            return
+
+        cut = True
+        work.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await work
+        if finished:
+            return
+        err = _shutting_down()
+        if not started:
+            await error_response(err)(scope, receive, send)
+        elif streaming:
+            await send(
+                {"type": "http.response.body", "body": error_event(err).encode(), "more_body": True}
+            )
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        else:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})

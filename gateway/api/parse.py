@@ -9,15 +9,18 @@ often typed application/octet-stream, so the bytes decide the type) or as JSON w
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping
 from typing import Any
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
+from starlette.types import Message
 
 from ..errors import GatewayError, invalid
-from ..media import decode_data_uri, image_size, sniff_mime, to_data_uri
+from ..media import BadImage, decode_data_uri, inspect_image, to_data_uri
+from ..netguard import RefusedUrl, UrlPolicy
 from ..types import ImageRequest
 
 MAX_PROMPT = 32000
@@ -53,6 +56,9 @@ _EDIT_FIELDS = _GENERATION_FIELDS | {"image", "image[]", "images", "mask"}
 
 # A generation body is a prompt and a few scalars: 32k characters fit well inside this.
 MAX_GENERATION_BODY = 1024 * 1024
+# Per image when nothing else is said (the upstreams refuse larger ones).
+DEFAULT_IMAGE_BYTES = 10 * 1024 * 1024
+_DEFAULT_POLICY = UrlPolicy()
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
@@ -88,7 +94,7 @@ async def read_json(request: Request, max_bytes: int = MAX_GENERATION_BODY) -> M
     body = await read_body(request, max_bytes)
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting: RecursionError
         raise invalid(
             None,
             "We could not parse the JSON body of your request. (HINT: This likely means you "
@@ -106,12 +112,20 @@ def parse_generation(data: Mapping[str, Any]) -> ImageRequest:
 
 
 async def parse_edit(request: Request, *, max_bytes: int) -> ImageRequest:
-    """A /v1/images/edits body (multipart or JSON) -> ImageRequest."""
+    """A /v1/images/edits body (multipart or JSON) -> ImageRequest.
+
+    `max_bytes` bounds each image; the whole body may carry MAX_IMAGES of them. Image URLs
+    obey the app's network policy (`app.state.url_policy`, set by create_app).
+    """
     content_type = request.headers.get("content-type", "")
-    # Room for the most images an edit may carry, base64-inflated, plus the fields.
-    limit = MAX_IMAGES * max_bytes * 4 // 3 + MAX_GENERATION_BODY
+    app = request.scope.get("app")
+    policy = getattr(getattr(app, "state", None), "url_policy", None) or _DEFAULT_POLICY
     if content_type.startswith("application/json"):
-        return parse_edit_json(await read_json(request, limit))
+        # Room for the most images an edit may carry, base64-inflated, plus the fields.
+        data = await read_json(request, MAX_IMAGES * max_bytes * 4 // 3 + MAX_GENERATION_BODY)
+        # Decoding and checking up to 16 images is CPU work: keep it off the event loop.
+        return await asyncio.to_thread(parse_edit_json, data, max_bytes=max_bytes, policy=policy)
+    limit = MAX_IMAGES * max_bytes + MAX_GENERATION_BODY
     _check_declared_length(request, limit)
     if not content_type.startswith("multipart/form-data"):
         raise invalid(
@@ -120,20 +134,46 @@ async def parse_edit(request: Request, *, max_bytes: int) -> ImageRequest:
             f"'images'; got content-type '{content_type or 'none'}'.",
         )
     try:
-        form = await request.form(
+        # Counted as it streams in: a chunked body has no Content-Length to check first.
+        form = await _capped(request, limit).form(
             max_files=MAX_IMAGES + 2, max_fields=100, max_part_size=1024 * 1024
         )
     except GatewayError:
         raise
     except Exception as exc:  # malformed multipart: python-multipart raises several types
-        raise invalid(None, f"Could not read the multipart body: {exc}") from None
+        detail = str(getattr(exc, "detail", "") or exc)
+        if "too many files" in detail.lower():
+            raise invalid("image", f"At most {MAX_IMAGES} images per edit.") from None
+        raise invalid(None, f"Could not read the multipart body: {detail}") from None
     try:
-        return await _edit_from_form(form.multi_items(), max_bytes)
+        return await _edit_from_form(form.multi_items(), max_bytes, policy)
     finally:
         await form.close()
 
 
-def parse_edit_json(data: Mapping[str, Any]) -> ImageRequest:
+def _capped(request: Request, limit: int) -> Request:
+    """The same request, whose body reading fails with 413 once it passes `limit` bytes."""
+    receive = request.receive
+    received = 0
+
+    async def capped_receive() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise _too_large(limit)
+        return message
+
+    return Request(request.scope, capped_receive)
+
+
+def parse_edit_json(
+    data: Mapping[str, Any],
+    *,
+    max_bytes: int = DEFAULT_IMAGE_BYTES,
+    policy: UrlPolicy = _DEFAULT_POLICY,
+) -> ImageRequest:
     """The JSON form of an edit: images as [{"image_url": ...}]."""
     _reject_unknown(data, _EDIT_FIELDS - {"image", "image[]"})
     images_raw = data.get("images")
@@ -158,7 +198,7 @@ def parse_edit_json(data: Mapping[str, Any]) -> ImageRequest:
             url = url.get("url")
         if not isinstance(url, str) or not url:
             raise invalid(f"{where}.image_url", f"'{where}.image_url' must be a URL or data: URI.")
-        ref, size = _image_reference(url, f"{where}.image_url")
+        ref, size = _image_reference(url, f"{where}.image_url", max_bytes, policy)
         images.append(ref)
         if i == 0:
             first_size = size
@@ -173,7 +213,9 @@ def parse_edit_json(data: Mapping[str, Any]) -> ImageRequest:
     )
 
 
-async def _edit_from_form(items: list[tuple[str, Any]], max_bytes: int) -> ImageRequest:
+async def _edit_from_form(
+    items: list[tuple[str, Any]], max_bytes: int, policy: UrlPolicy
+) -> ImageRequest:
     scalars: dict[str, Any] = {}
     images: list[str] = []
     first_size: tuple[int, int] | None = None
@@ -186,7 +228,9 @@ async def _edit_from_form(items: list[tuple[str, Any]], max_bytes: int) -> Image
             if isinstance(value, UploadFile):
                 ref, size = await _upload_to_data_uri(value, where, max_bytes)
             else:
-                ref, size = _image_reference(str(value), where)
+                ref, size = await asyncio.to_thread(
+                    _image_reference, str(value), where, max_bytes, policy
+                )
             if not images:
                 first_size = size
             images.append(ref)
@@ -215,25 +259,39 @@ async def _upload_to_data_uri(
     upload: UploadFile, where: str, max_bytes: int
 ) -> tuple[str, tuple[int, int] | None]:
     data = await upload.read(max_bytes + 1)
+    name = upload.filename or "upload"
     if len(data) > max_bytes:
+        raise _image_too_large(where, f"Image '{name}'", max_bytes)
+    try:
+        info = await asyncio.to_thread(inspect_image, data)
+    except BadImage as exc:
         raise invalid(
-            where, f"Image '{upload.filename}' is larger than {max_bytes // (1024 * 1024)} MB."
-        )
-    mime = sniff_mime(data)
-    if mime is None:
-        raise invalid(
-            where,
-            f"Invalid image file '{upload.filename or 'upload'}': "
-            "not a PNG, JPEG, WebP or GIF image.",
-            code="invalid_image_format",
-        )
-    return to_data_uri(data, mime), image_size(data)
+            where, f"Invalid image file '{name}': {exc}.", code="invalid_image_format"
+        ) from None
+    return to_data_uri(data, info.mime), info.size
 
 
-def _image_reference(url: str, where: str) -> tuple[str, tuple[int, int] | None]:
-    """Check an image given by reference; data: URIs are decoded to check and measure."""
-    if url.startswith(("http://", "https://")):
-        return url, None
+def _image_too_large(where: str, what: str, max_bytes: int) -> GatewayError:
+    limit = f"{max_bytes // (1024 * 1024)} MB" if max_bytes >= 1024 * 1024 else f"{max_bytes} bytes"
+    return invalid(where, f"{what} is larger than {limit}.", code="image_too_large")
+
+
+def _image_reference(
+    url: str, where: str, max_bytes: int, policy: UrlPolicy
+) -> tuple[str, tuple[int, int] | None]:
+    """Check an image given by reference; data: URIs are decoded to check and measure.
+
+    URLs are handed to the upstream, not fetched here; still, one pointing at an internal
+    address is refused, so nobody can use the gateway to aim an upstream (or a later
+    download) at a private network.
+    """
+    if url[:8].lower().startswith(("http://", "https://")):
+        try:
+            return policy.check_url(url), None
+        except RefusedUrl as exc:
+            raise invalid(
+                where, f"'{where}' is not an allowed image URL: {exc}.", code="invalid_image_url"
+            ) from None
     try:
         decoded = decode_data_uri(url)
     except ValueError:
@@ -241,15 +299,16 @@ def _image_reference(url: str, where: str) -> tuple[str, tuple[int, int] | None]
     if decoded is None:
         raise invalid(where, f"'{where}' must be an http(s) URL or a data:image/...;base64, URI.")
     data, _declared = decoded
-    mime = sniff_mime(data)
-    if mime is None:
+    if len(data) > max_bytes:
+        raise _image_too_large(where, f"'{where}'", max_bytes)
+    try:
+        info = inspect_image(data)
+    except BadImage as exc:
         raise invalid(
-            where,
-            f"'{where}' does not hold a PNG, JPEG, WebP or GIF image.",
-            code="invalid_image_format",
-        )
+            where, f"'{where}' is not a usable image: {exc}.", code="invalid_image_format"
+        ) from None
     # Re-label with the sniffed type: upstreams trust the label.
-    return to_data_uri(data, mime), image_size(data)
+    return to_data_uri(data, info.mime), info.size
 
 
 def _from_form(name: str, value: str) -> Any:

@@ -1,16 +1,129 @@
-"""Small helpers shared by the provider modules: reading answers and headers safely."""
+"""Small helpers shared by the provider modules: reading answers and headers safely.
+
+Upstream answers are untrusted input: `call` bounds an answer in bytes and the whole call
+in time (httpx's own timeouts are per phase, so an upstream trickling a byte a minute
+would never trip them), and `json_loads` / `is_image_link` read what arrived defensively.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json
 import re
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from .base import FailureKind, UpstreamError
+
+# Most bytes one upstream answer may have. Answers are small JSON, except defapi's, which
+# may carry the image itself as a data: URI (a 4K PNG, base64-inflated).
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An upstream's complete answer."""
+
+    status: int
+    headers: httpx.Headers
+    body: bytes
+
+
+async def call(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    upstream: str,
+    timeout: float,
+    max_bytes: int = MAX_ANSWER_BYTES,
+    **kwargs: Any,
+) -> Answer:
+    """One HTTP call, read whole within `timeout` seconds and `max_bytes` bytes.
+
+    Raises UpstreamError: TIMEOUT, CONNECTION, or MALFORMED for an answer too large.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            async with client.stream(method, url, **kwargs) as resp:
+                declared = resp.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > max_bytes:
+                    raise _too_large(upstream, max_bytes, resp.status_code)
+                chunks: list[bytes] = []
+                total = 0
+                async for chunk in resp.aiter_bytes():
+                    total += len(chunk)
+                    if total > max_bytes:
+                        raise _too_large(upstream, max_bytes, resp.status_code)
+                    chunks.append(chunk)
+                return Answer(resp.status_code, resp.headers, b"".join(chunks))
+    except TimeoutError:
+        raise UpstreamError(
+            FailureKind.TIMEOUT, f"{upstream}: no complete answer within {timeout:g}s"
+        ) from None
+    except httpx.TransportError as exc:
+        raise transport_error(exc, upstream) from None
+
+
+def _too_large(upstream: str, max_bytes: int, status: int) -> UpstreamError:
+    return UpstreamError(
+        FailureKind.MALFORMED,
+        f"{upstream}: answered with more than {max_bytes} bytes",
+        status=status,
+    )
+
+
+def json_loads(body: bytes) -> Any:
+    """The answer's JSON, or None when it is not JSON (or absurdly nested)."""
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+
+
+def is_image_link(value: object) -> bool:
+    """True for what an upstream may hand back as an image: an http(s) URL or a data:
+    image URI. Anything else (javascript:, file:, an empty string) is not an image."""
+    if not isinstance(value, str) or len(value) < 8:
+        return False
+    head = value[:11].lower()
+    return head.startswith(("http://", "https://", "data:image/"))
+
+
+# Provider ids travel on to the caller in headers and to the logs: plain and short only.
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
+def clean_id(value: object, token: str | None = None) -> str | None:
+    """A provider's task or trace id, if it is fit to repeat: short, plain characters (no
+    header injection), and not containing the credential it answered to (a hostile or
+    buggy upstream may echo it back); else None."""
+    if not isinstance(value, str) or not _ID.fullmatch(value):
+        return None
+    if token and token in value:
+        return None
+    return value
+
+
+def without_token_ids(exc: UpstreamError, token: str) -> UpstreamError:
+    """The same error, its ids dropped if they carry the token."""
+    exc.task_id = clean_id(exc.task_id, token)
+    exc.trace_id = clean_id(exc.trace_id, token)
+    return exc
+
+
+def check_count(images: list[str], asked: int, upstream: str) -> None:
+    """More images than asked for is not a bonus but an answer that cannot be trusted
+    (someone else's images, a confused task); fewer is legal and handled by the caller."""
+    if len(images) > asked:
+        raise UpstreamError(
+            FailureKind.MALFORMED,
+            f"{upstream}: answered with {len(images)} images when {asked} were asked for",
+        )
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -26,14 +139,6 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-def json_body(resp: httpx.Response) -> Any:
-    """The answer's JSON, or None when it is not JSON."""
-    try:
-        return json.loads(resp.content)
-    except (ValueError, UnicodeDecodeError):
-        return None
 
 
 def transport_error(exc: Exception, upstream: str) -> UpstreamError:

@@ -9,12 +9,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import httpx
-
 from ..http import make_client
 from ..models import base_model
 from ..types import Job
-from ._common import json_body, parse_retry_after, transport_error
+from ._common import (
+    call,
+    check_count,
+    clean_id,
+    is_image_link,
+    json_loads,
+    parse_retry_after,
+    without_token_ids,
+)
 from .base import FailureKind, Upstream, UpstreamError, UpstreamResult
 
 DEFAULT_MODELS = {
@@ -82,15 +88,15 @@ def parse_answer(
             f"{upstream}: answered HTTP {status} with a body that is not JSON",
             status=status,
         )
-    task_id = payload.get("task_id") if isinstance(payload.get("task_id"), str) else None
-    trace_id = payload.get("trace_id") if isinstance(payload.get("trace_id"), str) else None
+    task_id = clean_id(payload.get("task_id"))
+    trace_id = clean_id(payload.get("trace_id"))
     if status == 200 and payload.get("success") is True:
         data = payload.get("data")
         urls = (
             [
                 d["image_url"]
                 for d in data or []
-                if isinstance(d, dict) and isinstance(d.get("image_url"), str)
+                if isinstance(d, dict) and is_image_link(d.get("image_url"))
             ]
             if isinstance(data, list)
             else []
@@ -132,6 +138,7 @@ class AceDataUpstream(Upstream):
         super().__init__(name, {**DEFAULT_MODELS, **models})
         self.kind = kind
         self.base_url = base_url
+        self._timeout = timeout
         self._client = make_client(base_url, timeout=timeout)
 
     def upstream_model(self, model: str) -> str:
@@ -149,18 +156,25 @@ class AceDataUpstream(Upstream):
     async def run(self, job: Job, token: str) -> UpstreamResult:
         """One synchronous call; the provider answers when the images exist."""
         body = build_body(job, self.upstream_model(job.model))
-        try:
-            resp = await self._client.post(
-                "/nano-banana/images",
-                json=body,
-                headers={"authorization": f"Bearer {token}", "accept": "application/json"},
-            )
-            await resp.aread()
-        except httpx.TransportError as exc:
-            raise transport_error(exc, self.name) from None
-        return parse_answer(
-            resp.status_code, json_body(resp), resp.headers.get("retry-after"), self.name
+        answer = await call(
+            self._client,
+            "POST",
+            "/nano-banana/images",
+            upstream=self.name,
+            timeout=self._timeout,
+            json=body,
+            headers={"authorization": f"Bearer {token}", "accept": "application/json"},
         )
+        try:
+            result = parse_answer(
+                answer.status, json_loads(answer.body), answer.headers.get("retry-after"), self.name
+            )
+        except UpstreamError as exc:
+            raise without_token_ids(exc, token) from None
+        check_count(result.images, job.count, self.name)
+        result.task_id = clean_id(result.task_id, token)
+        result.trace_id = clean_id(result.trace_id, token)
+        return result
 
     async def aclose(self) -> None:
         """Close the HTTP client."""

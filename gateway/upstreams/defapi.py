@@ -13,12 +13,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import httpx
-
 from ..http import make_client
 from ..models import base_model
 from ..types import Job
-from ._common import json_body, parse_retry_after, transport_error
+from ._common import call, check_count, clean_id, is_image_link, json_loads, parse_retry_after
 from .base import FailureKind, Upstream, UpstreamError, UpstreamResult
 
 DEFAULT_MODELS = {
@@ -84,7 +82,7 @@ def read_task(data: Any, upstream: str, task_id: str) -> UpstreamResult | None:
             [
                 r["image"]
                 for r in result or []
-                if isinstance(r, dict) and isinstance(r.get("image"), str) and r["image"]
+                if isinstance(r, dict) and is_image_link(r.get("image"))
             ]
             if isinstance(result, list)
             else []
@@ -137,6 +135,7 @@ class DefApiUpstream(Upstream):
     ) -> None:
         super().__init__(name, {**DEFAULT_MODELS, **models})
         self.base_url = base_url
+        self._timeout = timeout
         self._client = make_client(base_url, timeout=timeout)
         self._poll_interval = poll_interval
         self._poll_max_interval = poll_max_interval
@@ -155,35 +154,41 @@ class DefApiUpstream(Upstream):
     async def _one(self, job: Job, token: str) -> UpstreamResult:
         headers = {"authorization": f"Bearer {token}", "accept": "application/json"}
         body = build_body(job, self.upstream_model(job.model))
-        try:
-            resp = await self._client.post("/api/image/gen", json=body, headers=headers)
-            await resp.aread()
-        except httpx.TransportError as exc:
-            raise transport_error(exc, self.name) from None
-        payload = json_body(resp)
+        resp = await call(
+            self._client,
+            "POST",
+            "/api/image/gen",
+            upstream=self.name,
+            timeout=self._timeout,
+            json=body,
+            headers=headers,
+        )
+        payload = json_loads(resp.body)
         if not isinstance(payload, dict):
             raise UpstreamError(
-                FailureKind.SERVER_ERROR if resp.status_code >= 500 else FailureKind.MALFORMED,
-                f"{self.name}: submit answered HTTP {resp.status_code} with a non-JSON body",
-                status=resp.status_code,
+                FailureKind.SERVER_ERROR if resp.status >= 500 else FailureKind.MALFORMED,
+                f"{self.name}: submit answered HTTP {resp.status} with a non-JSON body",
+                status=resp.status,
             )
         raw_data = payload.get("data")
         data: dict[str, Any] = raw_data if isinstance(raw_data, dict) else {}
-        task_id = data.get("task_id")
-        if resp.status_code != 200 or payload.get("code") != 0 or not isinstance(task_id, str):
-            message = str(
-                payload.get("detail") or payload.get("message") or f"HTTP {resp.status_code}"
-            )
-            if resp.status_code == 200 and payload.get("code") == 0:
-                raise UpstreamError(FailureKind.MALFORMED, f"{self.name}: submit without task_id")
+        task_id = clean_id(data.get("task_id"), token)
+        if resp.status != 200 or payload.get("code") != 0 or task_id is None:
+            message = str(payload.get("detail") or payload.get("message") or f"HTTP {resp.status}")
+            if resp.status == 200 and payload.get("code") == 0:
+                raise UpstreamError(
+                    FailureKind.MALFORMED, f"{self.name}: submit without a usable task_id"
+                )
             raise UpstreamError(
-                classify_submit(resp.status_code, message),
+                classify_submit(resp.status, message),
                 message,
-                status=resp.status_code,
+                status=resp.status,
                 code=str(payload.get("code")) if payload.get("code") is not None else None,
                 retry_after=parse_retry_after(resp.headers.get("retry-after")),
             )
-        return await self._poll(task_id, headers)
+        result = await self._poll(task_id, headers)
+        check_count(result.images, 1, self.name)  # one task makes one image
+        return result
 
     async def _poll(self, task_id: str, headers: Mapping[str, str]) -> UpstreamResult:
         started = time.monotonic()
@@ -193,17 +198,23 @@ class DefApiUpstream(Upstream):
             interval = min(interval * 1.5, self._poll_max_interval)
             elapsed = time.monotonic() - started
             try:
-                resp = await self._client.get(
-                    "/api/task/query", params={"task_id": task_id}, headers=headers
+                resp = await call(
+                    self._client,
+                    "GET",
+                    "/api/task/query",
+                    upstream=self.name,
+                    timeout=self._timeout,
+                    params={"task_id": task_id},
+                    headers=headers,
                 )
-                await resp.aread()
-            except httpx.TransportError as exc:
+            except UpstreamError as exc:
                 # A hiccup while polling does not lose the task: try again until the deadline.
-                if elapsed > self._poll_deadline:
-                    raise transport_error(exc, self.name) from None
+                if exc.kind == FailureKind.MALFORMED or elapsed > self._poll_deadline:
+                    exc.task_id = task_id
+                    raise
                 continue
-            payload = json_body(resp)
-            if resp.status_code == 404:
+            payload = json_loads(resp.body)
+            if resp.status == 404:
                 if elapsed <= self._not_found_grace and elapsed <= self._poll_deadline:
                     continue
                 raise UpstreamError(
@@ -212,11 +223,11 @@ class DefApiUpstream(Upstream):
                     status=404,
                     task_id=task_id,
                 )
-            if resp.status_code == 401:
+            if resp.status == 401:
                 raise UpstreamError(
                     FailureKind.AUTH, "Invalid API key", status=401, task_id=task_id
                 )
-            if resp.status_code >= 500 or not isinstance(payload, dict):
+            if resp.status >= 500 or not isinstance(payload, dict):
                 if elapsed > self._poll_deadline:
                     raise UpstreamError(
                         FailureKind.SERVER_ERROR,
