@@ -165,3 +165,20 @@ def fake_factory() -> Iterator[Any]:
     yield start
     for fake in started:
         fake.stop()
+
+
+@pytest.fixture
+def spawn(tmp_path: Any) -> Iterator[Any]:
+    """Start `python -m gateway` child processes; all get SIGTERM at the end of the test."""
+    from tests.processes import GatewayProcess
+
+    procs: list[GatewayProcess] = []
+
+    def start(toml_text: str | None, env: dict[str, str] | None = None) -> GatewayProcess:
+        p = GatewayProcess(tmp_path, toml_text, env)
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:
+        p.stop()

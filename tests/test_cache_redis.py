@@ -12,8 +12,8 @@ import openai
 import pytest
 
 from tests.conftest import CLIENT_KEY, CLIENTS_TOML, upstream_toml
+from tests.processes import GatewayProcess
 from tests.redis_server import RedisServer
-from tests.test_operations import GatewayProcess
 
 REDIS_PASSWORD = "redis-SECRET-password-42"
 
@@ -39,9 +39,7 @@ def replicas(tmp_path, fake_factory, redis_server):
             + "redis_timeout_seconds = 0.3\n"
         )
         for _ in range(count):
-            workdir = tmp_path / f"replica-{len(started)}"
-            workdir.mkdir()
-            started.append(GatewayProcess(workdir, toml))
+            started.append(GatewayProcess(tmp_path, toml))
         return started[-count:]
 
     yield fake, start

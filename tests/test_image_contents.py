@@ -43,6 +43,7 @@ import yaml
 from tests import deploy_checks
 from tests.conftest import free_port
 from tests.deploy_checks import ROOT, Stage
+from tests.processes import wait_until_healthy
 
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "deploy" / "docker-compose.yml"
@@ -272,16 +273,7 @@ class Gateway:
         self.proc = subprocess.Popen(
             argv, cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT
         )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"the gateway did not start:\n{self.log()}")
-            time.sleep(0.05)
+        wait_until_healthy(self.url, self.proc, self.log)
 
     def log(self) -> str:
         self._log.flush()

@@ -17,66 +17,9 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import ADMIN_KEY, CLIENT_KEY, CLIENTS_TOML, free_port, upstream_toml
+from tests.conftest import ADMIN_KEY, CLIENT_KEY, CLIENTS_TOML, upstream_toml
 
 TOKENS = ["ace-SECRET-token-one", "ace-SECRET-token-two"]
-
-
-class GatewayProcess:
-    """`python -m gateway` as a child process, its log captured."""
-
-    def __init__(self, tmp_path: Path, toml_text: str | None, env: dict[str, str] | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        args = [sys.executable, "-m", "gateway", "--port", str(self.port)]
-        if toml_text is not None:
-            config = tmp_path / "config.toml"
-            config.write_text(toml_text)
-            args += ["--config", str(config)]
-        self.log_path = tmp_path / "gateway.log"
-        self._log = self.log_path.open("wb")
-        child_env = {k: v for k, v in os.environ.items() if not k.endswith("_API_TOKENS")}
-        child_env.update(env or {})
-        self.proc = subprocess.Popen(
-            args, stdout=self._log, stderr=subprocess.STDOUT, env=child_env
-        )
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"gateway did not start:\n{self.log()}")
-            time.sleep(0.05)
-
-    def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=30)
-        if not self._log.closed:
-            self._log.close()
-        return code
-
-
-@pytest.fixture
-def spawn(tmp_path):
-    procs: list[GatewayProcess] = []
-
-    def start(toml_text: str | None, env: dict[str, str] | None = None) -> GatewayProcess:
-        p = GatewayProcess(tmp_path, toml_text, env)
-        procs.append(p)
-        return p
-
-    yield start
-    for p in procs:
-        p.stop()
 
 
 # ------------------------------------------------------------------ command line

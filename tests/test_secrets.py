@@ -20,13 +20,11 @@ import threading
 
 import httpx
 import openai
-import pytest
 
 from gateway import logscrub
 from tests.conftest import ADMIN_KEY, CLIENT_KEY, CLIENTS_TOML, upstream_toml
 from tests.fakes.upstreams import png_bytes
 from tests.hostile import Handler, HostileServer, send
-from tests.test_operations import GatewayProcess
 
 ACE_TOKENS = ["ace-SECRET-one-7f3a", "ace-SECRET-two-9c1d"]
 DEF_TOKEN = "def-SECRET-three-4e8b"
@@ -68,20 +66,6 @@ class Echoer:
             "trace_id": f"trace {auth}",
         }
         send(h, status, json.dumps(body).encode(), headers={"x-debug-auth": auth})
-
-
-@pytest.fixture
-def spawn(tmp_path):
-    procs: list[GatewayProcess] = []
-
-    def start(toml_text: str) -> GatewayProcess:
-        p = GatewayProcess(tmp_path, toml_text)
-        procs.append(p)
-        return p
-
-    yield start
-    for p in procs:
-        p.stop()
 
 
 def _record(seen: list[str], r: httpx.Response) -> httpx.Response:

@@ -13,24 +13,8 @@ import threading
 
 import httpx
 import openai
-import pytest
 
 from tests.conftest import CLIENT_KEY, CLIENTS_TOML, upstream_toml
-from tests.test_operations import GatewayProcess
-
-
-@pytest.fixture
-def spawn(tmp_path):
-    procs: list[GatewayProcess] = []
-
-    def start(toml_text: str) -> GatewayProcess:
-        p = GatewayProcess(tmp_path, toml_text)
-        procs.append(p)
-        return p
-
-    yield start
-    for p in procs:
-        p.stop()
 
 
 def _in_background(fn) -> tuple[threading.Thread, dict[str, object]]:

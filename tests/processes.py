@@ -1,0 +1,67 @@
+"""The gateway as a child process, the way operators run it, its output captured."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import free_port
+
+
+def wait_until_healthy(
+    url: str, proc: subprocess.Popen[bytes], log: Callable[[], str], timeout: float = 30
+) -> None:
+    """Return once GET {url}/healthz answers 200; fail with the log if the process dies."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"the gateway did not start:\n{log()}")
+        time.sleep(0.05)
+
+
+class GatewayProcess:
+    """`python -m gateway` on a free port; config and log live in a folder of its own."""
+
+    def __init__(self, workdir: Path, toml_text: str | None, env: dict[str, str] | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        workdir = workdir / f"gateway-{self.port}"
+        workdir.mkdir(parents=True)
+        args = [sys.executable, "-m", "gateway", "--port", str(self.port)]
+        if toml_text is not None:
+            config = workdir / "config.toml"
+            config.write_text(toml_text)
+            args += ["--config", str(config)]
+        self.log_path = workdir / "gateway.log"
+        self._log = self.log_path.open("wb")
+        child_env = {k: v for k, v in os.environ.items() if not k.endswith("_API_TOKENS")}
+        child_env.update(env or {})
+        self.proc = subprocess.Popen(
+            args, stdout=self._log, stderr=subprocess.STDOUT, env=child_env
+        )
+        wait_until_healthy(self.url, self.proc, self.log, timeout=20)
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=30)
+        if not self._log.closed:
+            self._log.close()
+        return code
