@@ -178,6 +178,9 @@ class ServerConfig:
     # SIGTERM: stop accepting, let in-flight requests run this long, then answer 503.
     shutdown_grace_seconds: float = 600.0
     log_level: str = "info"
+    # uvicorn's line per HTTP request. Off by default: the usage log already has a line per
+    # image request (with its request id), and a second line costs CPU on every request.
+    access_log: bool = False
     # When set, /metrics is served on this port only (not on the API port).
     metrics_port: int | None = None
     # Address for metrics_port; None: the same address as the API (--host).
@@ -650,8 +653,15 @@ def _parse_admin(t: Mapping[str, Any], env: Mapping[str, str], expand: bool) -> 
 
 
 def _parse_server(t: Mapping[str, Any]) -> ServerConfig:
-    _only_keys(t, "server", {"shutdown_grace_seconds", "log_level", "metrics_port", "metrics_host"})
+    _only_keys(
+        t,
+        "server",
+        {"shutdown_grace_seconds", "log_level", "access_log", "metrics_port", "metrics_host"},
+    )
     level = _str(t, "log_level", "server") or "info"
+    access_log = t.get("access_log", False)
+    if not isinstance(access_log, bool):
+        raise ConfigError("server.access_log: must be true or false")
     if level not in ("critical", "error", "warning", "info", "debug"):
         raise ConfigError("server.log_level: one of critical, error, warning, info, debug")
     metrics_port = None
@@ -662,6 +672,7 @@ def _parse_server(t: Mapping[str, Any]) -> ServerConfig:
     return ServerConfig(
         shutdown_grace_seconds=_num(t, "shutdown_grace_seconds", "server", 600.0, minimum=0.0),
         log_level=level,
+        access_log=access_log,
         metrics_port=metrics_port,
         metrics_host=_str(t, "metrics_host", "server") or None,
     )

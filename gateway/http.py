@@ -15,6 +15,25 @@ from httpx_aiohttp import AiohttpTransport
 MAX_CONNECTIONS = 4096
 
 
+class _NoCookies(httpx.Cookies):
+    """A cookie jar that keeps nothing. Upstream APIs authenticate by token, not cookies,
+    and a cookie set on one token's answer must never ride along on another token's call;
+    it also spares parsing every answer's headers into a cookie jar."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
+class _Client(httpx.AsyncClient):
+    """httpx's client with the cookie jar above."""
+
+    _no_cookies = _NoCookies()
+
+    @property  # type: ignore[override,misc]
+    def cookies(self) -> httpx.Cookies:
+        return self._no_cookies
+
+
 def make_client(
     base_url: str, *, timeout: float, max_connections: int = MAX_CONNECTIONS
 ) -> httpx.AsyncClient:
@@ -30,7 +49,7 @@ def make_client(
 
     # The transport calls the factory on its first request and keeps the session.
     transport = AiohttpTransport(client=session)
-    return httpx.AsyncClient(
+    return _Client(
         base_url=base_url,
         transport=transport,
         timeout=httpx.Timeout(timeout, connect=min(timeout, 30.0)),

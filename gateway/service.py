@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
+from typing import Any, TypeVar
 
 from .errors import GatewayError
 from .fetch import Fetcher
@@ -18,6 +19,8 @@ from .pool import Pool
 from .translate import error_for, split_count
 from .types import ImagesResult, Job, Output, ProducedImage
 from .upstreams.base import UpstreamError, UpstreamResult
+
+T = TypeVar("T")
 
 
 class ImageService:
@@ -47,9 +50,7 @@ class ImageService:
             if missing <= 0 or time.monotonic() >= deadline:
                 break
             calls = [job.with_count(c) for c in split_count(missing, per_call)]
-            outcomes = await asyncio.gather(
-                *(self.pool.run(c, deadline) for c in calls), return_exceptions=True
-            )
+            outcomes = await _outcomes([self.pool.run(c, deadline) for c in calls])
             for outcome in outcomes:
                 if isinstance(outcome, BaseException):
                     if isinstance(outcome, asyncio.CancelledError):
@@ -77,7 +78,12 @@ class ImageService:
             )
 
         result.upstreams = [name for _, name in made]
-        result.images = list(await asyncio.gather(*(self.shape(link, output) for link, _ in made)))
+        if len(made) == 1:  # the common case, without a task per image
+            result.images = [await self.shape(made[0][0], output)]
+        else:
+            result.images = list(
+                await asyncio.gather(*(self.shape(link, output) for link, _ in made))
+            )
         return result
 
     async def shape(self, link: str, output: Output) -> ProducedImage:
@@ -125,3 +131,16 @@ def _callers_fault(exc: BaseException) -> bool:
     if isinstance(exc, UpstreamError):
         return exc.kind.callers_fault
     return isinstance(exc, GatewayError) and 400 <= exc.status < 500 and exc.status != 429
+
+
+async def _outcomes(calls: list[Coroutine[Any, Any, T]]) -> list[T | BaseException]:
+    """Each call's result or exception, as gather(return_exceptions=True) gives them; one
+    call is awaited in place, since a task per call is most of the cost of a fast request."""
+    if len(calls) == 1:
+        try:
+            return [await calls[0]]
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return [exc]
+    return list(await asyncio.gather(*calls, return_exceptions=True))

@@ -8,10 +8,10 @@ validated size.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import sys
+import time
 from collections.abc import Mapping
 from logging.handlers import WatchedFileHandler
 from typing import Any
@@ -22,9 +22,10 @@ log = logging.getLogger("gateway.usage")
 
 
 def timestamp(wall: float) -> str:
-    """RFC 3339 UTC time with milliseconds, as log stores parse it without configuration."""
-    moment = dt.datetime.fromtimestamp(wall, dt.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    """RFC 3339 UTC time with milliseconds, as log stores parse it without configuration.
+    (time.strftime on a struct: a few times cheaper than datetime, once per request.)"""
+    millis = int(wall * 1000) % 1000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall)) + f".{millis:03d}Z"
 
 
 class UsageLog:

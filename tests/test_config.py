@@ -786,3 +786,10 @@ def test_client_cache_opt_out() -> None:
 def test_redis_url_from_the_environment() -> None:
     config = config_from_env({"GATEWAY_REDIS_URL": "redis://127.0.0.1:6379/0"})
     assert config.cache.redis_url == "redis://127.0.0.1:6379/0"
+
+
+def test_access_log_setting() -> None:
+    assert parse_config({}, {}).server.access_log is False
+    assert parse_config({"server": {"access_log": True}}, {}).server.access_log is True
+    with pytest.raises(ConfigError, match=r"^server\.access_log:"):
+        parse_config({"server": {"access_log": "yes"}}, {})

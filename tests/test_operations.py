@@ -92,6 +92,21 @@ def test_env_tokens_are_used_instead_of_the_mock(spawn, fake_factory):
         openai.OpenAI(
             base_url=f"{gw.url}/v1", api_key="sk-nope-000000", max_retries=0
         ).models.list()
+    # One usage line per image request; no access-log line and no line per upstream call
+    # (both cost CPU on every request at info level).
+    log = gw.log()
+    assert log.count('"endpoint":"generations"') == 1
+    assert '"POST /v1/images/generations HTTP/1.1" 200' not in log
+    assert "HTTP Request: POST" not in log
+
+
+def test_access_log_can_be_turned_on(spawn, fake_factory):
+    fake = fake_factory("acedata")
+    gw = spawn(upstream_toml("ace", fake, ["tok-1"]) + "[server]\naccess_log = true\n")
+    openai.OpenAI(base_url=f"{gw.url}/v1", api_key="none", max_retries=0).images.generate(
+        prompt="hi", response_format="url"
+    )
+    assert '"POST /v1/images/generations HTTP/1.1" 200' in gw.log()
 
 
 # ------------------------------------------------------------------ shutdown

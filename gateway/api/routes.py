@@ -180,19 +180,22 @@ class API:
                     raise
             self.metrics.images_requested.labels(usage.client, usage.model).inc(job.count)
             allow_partial = _allow_partial(request, self.config.images.allow_partial)
-            make: asyncio.Future[ImagesResult]
-            if stored is not None:
-                make = asyncio.get_running_loop().create_future()
-                make.set_result(stored)
-            else:
-                make = asyncio.ensure_future(
-                    self.cache.make(job, output, allow_partial=allow_partial, policy=policy)
-                )
             if output.stream:
+                make: asyncio.Future[ImagesResult]
+                if stored is not None:
+                    make = asyncio.get_running_loop().create_future()
+                    make.set_result(stored)
+                else:
+                    make = asyncio.ensure_future(
+                        self.cache.make(job, output, allow_partial=allow_partial, policy=policy)
+                    )
                 response = await self._stream(request, make, job, output, usage, started)
                 streaming = isinstance(response, StreamingResponse)
             else:
-                result = await make
+                # Awaited in this task: no task of its own needed when nothing streams.
+                result = stored or await self.cache.make(
+                    job, output, allow_partial=allow_partial, policy=policy
+                )
                 response = JSONResponse(
                     images_body(result, output, self.store, str(request.base_url)),
                     headers=result_headers(result),
