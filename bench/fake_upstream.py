@@ -27,6 +27,7 @@ import json
 import math
 import os
 import signal
+import time
 import uuid
 from typing import Any, cast
 
@@ -59,7 +60,25 @@ class Stats:
         self.generations = 0
         self.images = 0
         self.in_flight = 0
-        self.max_in_flight = 0
+        self.reset_window()
+
+    def reset_window(self) -> None:
+        """Start a new measuring window (GET /stats?reset=1)."""
+        self.max_in_flight = self.in_flight
+        # When the first and the last generation call of the window arrived, on the
+        # machine's monotonic clock: with the driver's start on the same clock, how long
+        # requests took to get through the proxy to the upstream.
+        self.first_arrival: float | None = None
+        self.last_arrival: float | None = None
+
+    def arrived(self) -> None:
+        now = time.monotonic()
+        if self.first_arrival is None:
+            self.first_arrival = now
+        self.last_arrival = now
+        self.generations += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
 
     def as_json(self) -> bytes:
         return json.dumps(
@@ -68,6 +87,8 @@ class Stats:
                 "images": self.images,
                 "in_flight": self.in_flight,
                 "max_in_flight": self.max_in_flight,
+                "first_arrival": self.first_arrival,
+                "last_arrival": self.last_arrival,
             }
         ).encode()
 
@@ -157,6 +178,8 @@ class _Connection(asyncio.Protocol):
         elif method == b"POST" and path == b"/nano-banana/images":
             self._generate()
         elif method == b"GET" and path == b"/stats":
+            if self.url.endswith(b"?reset=1"):
+                stats.reset_window()
             self._write(_response(200, stats.as_json()))
         else:
             self._write(_ace_error(404, "no_api", "The API does not exist."))
@@ -186,10 +209,7 @@ class _Connection(asyncio.Protocol):
         if not isinstance(count, int) or not 1 <= count <= 4:
             self._write(_ace_error(400, "bad_request", "count is invalid."))
             return
-        stats = self.fake.stats
-        stats.generations += 1
-        stats.in_flight += 1
-        stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+        self.fake.stats.arrived()
         answer = {
             "success": True,
             "task_id": str(uuid.uuid4()),

@@ -216,12 +216,13 @@ class _Run:
         clients = [asyncio.ensure_future(self.client(c, go)) for c in conns]
         await asyncio.sleep(0)  # every client is now waiting on the gate
         cpu0 = time.process_time()
+        started_monotonic = time.monotonic()  # the clock bench/fake_upstream.py stamps with
         self.started = time.perf_counter()
         go.set()
         await asyncio.gather(*clients)
         wall = time.perf_counter() - self.started
         cpu = time.process_time() - cpu0
-        return self.summary(wall, cpu, connect_s)
+        return {**self.summary(wall, cpu, connect_s), "started_monotonic": started_monotonic}
 
     def summary(self, wall: float, cpu: float, connect_s: float) -> dict[str, Any]:
         lat = sorted(self.latencies)
