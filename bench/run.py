@@ -472,20 +472,22 @@ class Settings:
 
 
 @contextmanager
-def profiled(settings: Settings, s: Stack, label: str) -> Iterator[None]:
-    """py-spy on the gateway while the block runs (--py-spy DIR), as collapsed stacks."""
-    if settings.py_spy is None:
+def profiled(settings: Settings, s: Stack, target: str, label: str) -> Iterator[None]:
+    """py-spy on the gateway or the pass-through while the block runs (--py-spy DIR), as
+    collapsed stacks, one file per run: `label-target.txt`."""
+    proc = {"gateway": s.gateway, "passthrough": s.passthrough}.get(target)
+    if settings.py_spy is None or proc is None:
         yield
         return
     settings.py_spy.mkdir(parents=True, exist_ok=True)
-    out = settings.py_spy / f"{label}.txt"
+    out = settings.py_spy / f"{label}-{target}.txt"
     here = Path(sys.executable).parent / "py-spy"
     spy = subprocess.Popen(
         [
             str(here) if here.exists() else "py-spy",
             "record",
             "--pid",
-            str(s.gateway.pid),
+            str(proc.pid),
             "--format",
             "raw",
             "--rate",
@@ -527,6 +529,12 @@ def _summary(runs: list[Measured], name: str) -> dict[str, Any]:
     }
 
 
+def _cpu_ratio(summary: dict[str, Any], a: str, b: str) -> float:
+    """b's CPU per request / a's: what the throughput ratio would be if each server had a
+    core to itself. Steadier than req/s on a machine others share."""
+    return round(summary[b]["cpu_ms_per_request"] / summary[a]["cpu_ms_per_request"], 3)
+
+
 def _ratio(runs: list[Measured], a: str, b: str) -> float:
     """Median over rounds of a's throughput / b's, each round's pair taken together."""
     ra = [r.load["req_per_s"] or 0.0 for r in runs if r.target == a]
@@ -544,8 +552,8 @@ def scenario_overhead(settings: Settings, tmp: Path) -> dict[str, Any]:
         counter = iter(range(1_000_000))
 
         def closed(name: str) -> Measured:
-            label = f"overhead-{name}-{next(counter)}"
-            with profiled(settings, s, label) if name == "gateway" else _nothing():
+            label = f"overhead-{next(counter)}"
+            with profiled(settings, s, name, label):
                 return drive(s, where[name], total=n, concurrency=c, prompt=label + " {i}")
 
         runs = alternate(settings.rounds, ["gateway", "passthrough", "direct"], closed)
@@ -577,6 +585,7 @@ def scenario_overhead(settings: Settings, tmp: Path) -> dict[str, Any]:
         "closed_loop": summary,
         "paced": paced_summary,
         "throughput_ratio_gateway_to_passthrough": _ratio(runs, "gateway", "passthrough"),
+        "cpu_ratio_gateway_to_passthrough": _cpu_ratio(summary, "gateway", "passthrough"),
         "added_p50_ms_paced": round(
             paced_summary["gateway"]["p50_ms"] - paced_summary["direct"]["p50_ms"], 2
         ),
@@ -589,11 +598,6 @@ def scenario_overhead(settings: Settings, tmp: Path) -> dict[str, Any]:
     }
 
 
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
-
-
 def scenario_cache(settings: Settings, tmp: Path) -> dict[str, Any]:
     """One identical prompt after a warm-up: the gateway can answer without the upstream."""
     n, c = settings.cache_requests, settings.overhead_clients
@@ -604,7 +608,7 @@ def scenario_cache(settings: Settings, tmp: Path) -> dict[str, Any]:
             drive(s, where[name], total=settings.warmup, concurrency=c, prompt=prompt)
 
         def run(name: str) -> Measured:
-            with profiled(settings, s, "cache-gateway") if name == "gateway" else _nothing():
+            with profiled(settings, s, name, "cache"):
                 return drive(s, where[name], total=n, concurrency=c, prompt=prompt)
 
         runs = alternate(settings.rounds, ["gateway", "passthrough"], run)
@@ -615,6 +619,7 @@ def scenario_cache(settings: Settings, tmp: Path) -> dict[str, Any]:
         "requests_per_run": n,
         "closed_loop": summary,
         "throughput_ratio_gateway_to_passthrough": _ratio(runs, "gateway", "passthrough"),
+        "cpu_ratio_gateway_to_passthrough": _cpu_ratio(summary, "gateway", "passthrough"),
         "gateway_hit_share": round(1 - gw["upstream_calls"] / max(1, gw["requests"]), 3),
         "runs": [r.as_json() for r in runs],
     }
@@ -644,7 +649,7 @@ def scenario_long(settings: Settings, tmp: Path) -> dict[str, Any]:
 
             def run(name: str, mode: str = mode, rate: float | None = rate) -> Measured:
                 label = f"long-{mode}-{name}"
-                with profiled(settings, s, label) if name == "gateway" else _nothing():
+                with profiled(settings, s, name, f"long-{mode}"):
                     return drive(
                         s,
                         where[name],
@@ -698,7 +703,7 @@ def scenario_big(settings: Settings, tmp: Path) -> dict[str, Any]:
         where = targets(s)
 
         def run(name: str) -> Measured:
-            with profiled(settings, s, "big-gateway") if name == "gateway" else _nothing():
+            with profiled(settings, s, name, "big"):
                 return drive(
                     s,
                     where[name],
@@ -770,7 +775,14 @@ def verdicts(results: dict[str, Any], settings: Settings) -> list[Verdict]:
         r = results["overhead"]
         ratio = r["throughput_ratio_gateway_to_passthrough"]
         out.append(
-            Verdict("overhead", "throughput vs pass-through", ratio, ">= 0.7", check(ratio >= 0.7))
+            Verdict(
+                "overhead",
+                "throughput vs pass-through",
+                ratio,
+                ">= 0.7",
+                check(ratio >= 0.7),
+                f"CPU per request, pass-through / gateway: {r['cpu_ratio_gateway_to_passthrough']}",
+            )
         )
         added = r["added_p50_ms_paced"]
         out.append(
@@ -792,6 +804,9 @@ def verdicts(results: dict[str, Any], settings: Settings) -> list[Verdict]:
             note = f"the upstream answered {1 - hits:.0%} of identical requests: no cache yet"
         else:
             verdict, note = check(ratio >= 1.5), f"{hits:.0%} answered without the upstream"
+        note += (
+            f"; CPU per request, pass-through / gateway: {r['cpu_ratio_gateway_to_passthrough']}"
+        )
         out.append(Verdict("cache", "throughput vs pass-through", ratio, ">= 1.5", verdict, note))
     if "long" in results:
         r = results["long"]
