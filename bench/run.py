@@ -1,7 +1,7 @@
 """What the gateway costs on top of its upstream: the benchmark's one command.
 
     pip install -e '.[test]'            # once, from the repository root
-    python bench/run.py                 # the four scenarios, about 3 minutes on 2 cores
+    python bench/run.py                 # the four scenarios, about 4 minutes on 2 cores
     python bench/run.py --quick         # a few hundred requests, to check it still works
     python bench/run.py --scenario overhead,cache --rounds 5 --json /tmp/bench.json
 
@@ -17,7 +17,8 @@ Scenarios:
   overhead  upstream latency 0, unique prompts, response_format=url, 32 clients as fast as
             they can (throughput), then 32 clients at a fixed pace (added latency)
   cache     the same with one identical prompt after a warm-up
-  long      upstream latency 10 s, 2,000 requests at once: all must succeed
+  long      upstream latency 10 s, 2,000 requests waiting together: arriving over 5 s,
+            then (fresh processes) arriving in one instant; all must succeed
   big       8 MiB PNGs as b64_json, 16 clients: MB/s delivered and peak memory
 
 Peak memory is VmHWM from /proc, so each scenario gets fresh processes. CPU is utime+stime
@@ -446,6 +447,11 @@ class Settings:
     @staticmethod
     def make(args: argparse.Namespace) -> Settings:
         cmd = gateway_command(args.gateway_command)
+        py_spy = Path(args.py_spy) if args.py_spy else None
+        if py_spy is not None and not (
+            (Path(sys.executable).parent / "py-spy").exists() or shutil.which("py-spy")
+        ):
+            raise SystemExit("--py-spy needs py-spy: pip install py-spy")
         if args.quick:
             return Settings(
                 quick=True,
@@ -462,12 +468,13 @@ class Settings:
                 big_image_bytes=1024 * 1024,
                 big_clients=4,
                 big_requests=8,
+                py_spy=py_spy,
             )
         return Settings(
             quick=False,
             rounds=args.rounds or 3,
             gateway_cmd=cmd,
-            py_spy=Path(args.py_spy) if args.py_spy else None,
+            py_spy=py_spy,
         )
 
 
