@@ -5,10 +5,11 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from ..errors import GatewayError
 from ..store import ImageStore
@@ -52,7 +53,7 @@ def _format_of(image: ProducedImage, output: Output) -> str:
 
 
 def images_body(
-    result: ImagesResult, output: Output, store: ImageStore, base_url: str
+    result: ImagesResult, output: Output, store: ImageStore, base_url: Callable[[], str]
 ) -> dict[str, Any]:
     """The /v1/images/* JSON answer."""
     data: list[dict[str, Any]] = []
@@ -66,14 +67,8 @@ def images_body(
             # Bytes without a link (mock, data: URIs, re-encodes): the gateway hosts them.
             assert image.data is not None
             name = store.put(image.data, image.mime or "image/png")
-            data.append({"url": f"{base_url.rstrip('/')}/v1/images/store/{name}"})
-    body: dict[str, Any] = {"created": int(time.time()), "data": data, "background": "opaque"}
-    if result.images:
-        size = _size_text(result.images[0])
-        if size:
-            body["size"] = size
-        body["output_format"] = _format_of(result.images[0], output)
-    return body
+            data.append({"url": f"{base_url().rstrip('/')}/v1/images/store/{name}"})
+    return {"created": int(time.time()), "data": data, **_tail(result, output)}
 
 
 def completed_event(kind: str, image: ProducedImage, output: Output, created: int) -> str:
@@ -110,3 +105,50 @@ def sse(event: str, payload: Mapping[str, Any]) -> str:
 
 KEEPALIVE = ": keep-alive\n\n"
 DONE = "data: [DONE]\n\n"
+
+
+def _tail(result: ImagesResult, output: Output) -> dict[str, Any]:
+    """The fields after `data` in an images answer."""
+    rest: dict[str, Any] = {"background": "opaque"}
+    if result.images:
+        size = _size_text(result.images[0])
+        if size:
+            rest["size"] = size
+        rest["output_format"] = _format_of(result.images[0], output)
+    return rest
+
+
+def images_b64_parts(result: ImagesResult, output: Output) -> list[bytes]:
+    """The b64_json answer as pieces: JSON around each image's base64 bytes, which are
+    sent as base64 made them (ASCII, safe inside a JSON string), never copied into a str."""
+    parts: list[bytes] = [b'{"created":%d,"data":[' % int(time.time())]
+    for i, image in enumerate(result.images):
+        assert image.data is not None
+        parts.append(b'{"b64_json":"' if i == 0 else b',{"b64_json":"')
+        parts.append(base64.b64encode(image.data))
+        parts.append(b'"}')
+    parts.append(b"]," + json.dumps(_tail(result, output), separators=(",", ":")).encode()[1:])
+    return parts
+
+
+class PartsResponse(Response):
+    """A JSON body sent as several pieces, never joined: an 8 MB image's base64 goes out
+    without the str, JSON-escaped and UTF-8 copies JSONResponse would make of it."""
+
+    media_type = "application/json"
+
+    def __init__(self, parts: list[bytes], headers: Mapping[str, str] | None = None) -> None:
+        self.parts = parts
+        self.status_code = 200
+        self.background = None
+        self.body = b""
+        self.init_headers(headers)
+        self.headers["content-length"] = str(sum(len(p) for p in parts))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        last = len(self.parts) - 1
+        for i, part in enumerate(self.parts):
+            await send({"type": "http.response.body", "body": part, "more_body": i < last})

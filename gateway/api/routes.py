@@ -34,9 +34,11 @@ from .auth import ClientAuth, check_admin, check_model, model_allowed
 from .responses import (
     DONE,
     KEEPALIVE,
+    PartsResponse,
     completed_event,
     error_event,
     error_response,
+    images_b64_parts,
     images_body,
     result_headers,
 )
@@ -180,6 +182,7 @@ class API:
                     raise
             self.metrics.images_requested.labels(usage.client, usage.model).inc(job.count)
             allow_partial = _allow_partial(request, self.config.images.allow_partial)
+            response: Response
             if output.stream:
                 make: asyncio.Future[ImagesResult]
                 if stored is not None:
@@ -196,10 +199,16 @@ class API:
                 result = stored or await self.cache.make(
                     job, output, allow_partial=allow_partial, policy=policy
                 )
-                response = JSONResponse(
-                    images_body(result, output, self.store, str(request.base_url)),
-                    headers=result_headers(result),
-                )
+                if output.response_format == "b64_json":
+                    response = PartsResponse(
+                        images_b64_parts(result, output), headers=result_headers(result)
+                    )
+                else:
+                    response = JSONResponse(
+                        # The base URL is only built when the gateway hosts an image.
+                        images_body(result, output, self.store, lambda: str(request.base_url)),
+                        headers=result_headers(result),
+                    )
                 self._count_images(usage, result)
             status = response.status_code
             return response
