@@ -137,8 +137,10 @@ class CacheConfig:
     # Upstream image links can expire: a cached link is never served older than this.
     url_ttl_seconds: float = 900.0
     max_entries: int = 1024
-    # Bound on the image bytes held in process (and per entry in Redis).
-    max_bytes: int = 256 * 1024 * 1024
+    # Bound on the image bytes held in process (and per entry in Redis). Modest by default,
+    # so memory stays predictable next to many big images in flight; raise it where memory
+    # allows (url answers hold links only, a few hundred bytes an entry).
+    max_bytes: int = 64 * 1024 * 1024
     # Set to share the cache and the coalescing lock between replicas.
     redis_url: str | None = None
     redis_prefix: str = "nbg:"

@@ -96,8 +96,9 @@ class ImageService:
         )
         if not needs_bytes:
             return ProducedImage(url=link, size=output.expected_size)
-        data, mime = await self.fetcher.get(link)
         target = output.output_format
+        # Decode every pixel only where a re-encode may follow (see Fetcher.get).
+        data, mime = await self.fetcher.get(link, decode=target is not None)
         wanted_mime = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}.get(
             target or ""
         )

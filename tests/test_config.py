@@ -738,7 +738,7 @@ def test_cache_settings_and_their_defaults() -> None:
     default = parse_config({}, {}).cache
     assert (default.url_ttl_seconds, default.max_bytes, default.redis_url) == (
         900.0,
-        256 * 1024 * 1024,
+        64 * 1024 * 1024,
         None,
     )
     config = parse_config(
