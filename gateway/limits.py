@@ -90,11 +90,20 @@ class Limiter:
     ) -> None:
         self._clock = clock
         self._wall = wall
+        # The UTC day and when it ends, so most calls compare one float instead of
+        # building a datetime (this runs several times per request).
+        self._day: dt.date | None = None
+        self._day_ends = 0.0
         today = self._today()
         self._states = {c.name: _ClientState(c, today) for c in clients}
 
     def _today(self) -> dt.date:
-        return dt.datetime.fromtimestamp(self._wall(), dt.UTC).date()
+        wall = self._wall()
+        if self._day is None or wall >= self._day_ends or wall < self._day_ends - 86400:
+            day = dt.datetime.fromtimestamp(wall, dt.UTC).date()
+            midnight = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), dt.UTC)
+            self._day, self._day_ends = day, midnight.timestamp()
+        return self._day
 
     def _seconds_to_midnight(self) -> float:
         now = dt.datetime.fromtimestamp(self._wall(), dt.UTC)

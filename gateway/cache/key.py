@@ -39,6 +39,9 @@ class CachePolicy:
         return self.mode != "bypass"
 
 
+_USE = CachePolicy("use")
+
+
 def policy_for(headers: Mapping[str, str], *, client_allows: bool) -> CachePolicy:
     """The caller's Cache-Control (and HTTP/1.0 Pragma) as a cache policy.
 
@@ -46,6 +49,8 @@ def policy_for(headers: Mapping[str, str], *, client_allows: bool) -> CachePolic
     """
     if not client_allows:
         return CachePolicy("bypass")
+    if "cache-control" not in headers and "pragma" not in headers:
+        return _USE  # what nearly every request sends: nothing
     directives = [
         d.strip().lower().replace(" ", "") for d in headers.get("cache-control", "").split(",")
     ]

@@ -20,6 +20,7 @@ import secrets
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import Any
 
 from ..config import CacheConfig
 from ..errors import GatewayError
@@ -68,12 +69,13 @@ class ImageCache:
         self._metrics = metrics
         self._deadline = deadline_seconds
         self.enabled = config.enabled and config.ttl_seconds > 0 and config.max_entries > 0
+        self._evictions: dict[str, Any] = {}
         self._local = LocalStore(
             max_bytes=config.max_bytes,
             max_entries=config.max_entries,
             ttl=config.ttl_seconds,
             url_ttl=config.url_ttl_seconds,
-            on_evict=lambda reason: metrics.cache_evictions.labels(reason).inc(),
+            on_evict=self._count_eviction,
         )
         self._flights: Flights[_Made] = Flights()
         self._shared: SharedStore | None = None
@@ -85,6 +87,13 @@ class ImageCache:
                 on_error=lambda op: metrics.cache_redis_errors.labels(op).inc(),
             )
         metrics.watch_cache(self)
+
+    def _count_eviction(self, reason: str) -> None:
+        # Resolved once per reason: evictions happen on most stores of a full cache.
+        counter = self._evictions.get(reason)
+        if counter is None:
+            counter = self._evictions[reason] = self._metrics.cache_evictions.labels(reason)
+        counter.inc()
 
     @property
     def nbytes(self) -> int:
