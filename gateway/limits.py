@@ -25,12 +25,6 @@ from dataclasses import dataclass
 from .config import ClientConfig
 from .errors import GatewayError
 
-LIMITS = (
-    "requests_per_minute",
-    "images_per_day",
-    "budget_usd_per_day",
-    "max_concurrent_requests",
-)
 _WINDOW_SECONDS = 60.0
 
 

@@ -70,9 +70,6 @@ class ClientAuth:
             )
         return found
 
-    def client_for(self, request: Request) -> str:
-        """The calling client's name, or a 401 in OpenAI's words."""
-        return self.identify(request).name
 
 
 def model_allowed(client: ClientConfig, model: str) -> bool:
