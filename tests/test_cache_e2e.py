@@ -208,6 +208,15 @@ def test_links_are_not_served_past_their_lifetime_but_bytes_are(fake_factory, ga
     assert len(fake.generation_calls()) == 3
 
 
+def test_links_never_kept_still_cost_one_call_per_request(fake_factory, gateway_factory):
+    """url_ttl_seconds = 0: link-only results are never stored, and each request is made
+    once (its own fresh links are handed back, not made a second time)."""
+    fake, gw = _gateway(fake_factory, gateway_factory, cache="url_ttl_seconds = 0\n")
+    assert _generate(gw)[1]["x-cache"] == "miss"
+    assert _generate(gw)[1]["x-cache"] == "miss"
+    assert len(fake.generation_calls()) == 2
+
+
 def test_no_cache_skips_the_lookup_but_refreshes_the_entry(fake_factory, gateway_factory):
     fake, gw = _gateway(fake_factory, gateway_factory)
     first, _ = _generate(gw)

@@ -71,7 +71,6 @@ class ClientAuth:
         return found
 
 
-
 def model_allowed(client: ClientConfig, model: str) -> bool:
     """Whether the client may use a gateway model (after aliasing); no list means any."""
     if not client.models:

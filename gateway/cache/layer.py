@@ -132,11 +132,9 @@ class ImageCache:
             )
 
         if policy.lookup:
-            found = await self._lookup(key)
-            if found is not None:
-                served = await self._serve(found, output)
-                if served is not None:
-                    return self._counted(served, "hit", job)
+            hit = await self._hit(key, job, output)
+            if hit is not None:
+                return hit
             made, joined = await self._flights.run(
                 (key, allow_partial), lambda: self._lead(key, job, output, allow_partial)
             )
@@ -145,11 +143,10 @@ class ImageCache:
             # no-cache: a fresh picture, not anyone else's; it still refreshes the entry.
             made = await self._produce(key, job, output, allow_partial)
             how = "miss"
-        served = await self._serve(made.entry, output)
-        if served is None:  # cannot happen for a fresh entry; never fail a request on it
-            return self._counted(
-                await self._service.make(job, output, allow_partial=allow_partial), "miss", job
-            )
+        # Just made (or just checked as servable): its links are fresh whatever url_ttl
+        # says, so every image has a link or bytes and the entry always serves.
+        served = await self._serve(made.entry, output, links_fresh=True)
+        assert served is not None
         return self._counted(served, how, job)
 
     async def stored(self, job: Job, output: Output, policy: CachePolicy) -> ImagesResult | None:
@@ -158,7 +155,12 @@ class ImageCache:
         if not (self.enabled and policy.lookup):
             return None
         key = await self._key(job, output)
-        found = await self._lookup(key) if key is not None else None
+        return await self._hit(key, job, output) if key is not None else None
+
+    async def _hit(self, key: str, job: Job, output: Output) -> ImagesResult | None:
+        """The stored entry for key shaped for this caller and counted as a hit; None when
+        there is none (or its links aged out with no bytes held)."""
+        found = await self._lookup(key)
         served = await self._serve(found, output) if found is not None else None
         return self._counted(served, "hit", job) if served is not None else None
 
@@ -227,11 +229,13 @@ class ImageCache:
         expires = entry.expires_at(self.config.ttl_seconds, self.config.url_ttl_seconds)
         return time.time() < expires
 
-    async def _serve(self, entry: Entry, output: Output) -> ImagesResult | None:
+    async def _serve(
+        self, entry: Entry, output: Output, *, links_fresh: bool = False
+    ) -> ImagesResult | None:
         """The entry shaped for this caller; None when it cannot be (a link aged out and
         no bytes are held)."""
         now = time.time()
-        fresh = entry.link_fresh(now, self.config.url_ttl_seconds)
+        fresh = links_fresh or entry.link_fresh(now, self.config.url_ttl_seconds)
         wants_bytes = output.response_format == "b64_json" or output.stream
         images: list[ProducedImage] = []
         for img in entry.images:
