@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -16,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .api.auth import bearer
+from .api.auth import bearer, key_matches
 from .api.middleware import RequestIdMiddleware, ShutdownMiddleware
 from .api.responses import error_response
 from .api.routes import API
@@ -154,11 +153,9 @@ def _key_required(
     """The handler, behind a Bearer key when one is configured."""
     if key is None:
         return handler
-    expected = key.encode()
 
     async def guarded(request: Request) -> Response:
-        given = bearer(request)
-        if given is None or not hmac.compare_digest(expected, given.encode()):
+        if not key_matches(bearer(request), key):
             raise GatewayError(
                 401,
                 "Metrics need the metrics key: Authorization: Bearer <[admin] metrics_key>.",

@@ -95,10 +95,15 @@ def check_model(client: ClientConfig, model: str) -> None:
         )
 
 
+def key_matches(given: str | None, expected: str) -> bool:
+    """Whether a presented operator key (admin, metrics) is the configured one, compared in
+    constant time."""
+    return given is not None and hmac.compare_digest(expected.encode(), given.encode())
+
+
 def check_admin(request: Request, admin_key: str | None) -> None:
     """404 when no admin key is configured (the endpoint does not exist), 401 on a bad key."""
     if not admin_key:
         raise GatewayError(404, "Admin endpoints are disabled: set [admin] key.", code="not_found")
-    key = bearer(request) or request.headers.get("x-admin-key")
-    if key is None or not hmac.compare_digest(admin_key.encode(), key.encode()):
+    if not key_matches(bearer(request) or request.headers.get("x-admin-key"), admin_key):
         raise GatewayError(401, "Admin key missing or wrong.", code="invalid_api_key")
