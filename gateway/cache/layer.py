@@ -128,11 +128,11 @@ class ImageCache:
         key = await self._key(job, output) if policy.store else None
         if key is None:
             return self._counted(
-                await self._service.make(job, output, allow_partial=allow_partial), "bypass", job
+                await self._service.make(job, output, allow_partial=allow_partial), "bypass"
             )
 
         if policy.lookup:
-            hit = await self._hit(key, job, output)
+            hit = await self._hit(key, output)
             if hit is not None:
                 return hit
             made, joined = await self._flights.run(
@@ -147,7 +147,7 @@ class ImageCache:
         # says, so every image has a link or bytes and the entry always serves.
         served = await self._serve(made.entry, output, links_fresh=True)
         assert served is not None
-        return self._counted(served, how, job)
+        return self._counted(served, how, made.entry)
 
     async def stored(self, job: Job, output: Output, policy: CachePolicy) -> ImagesResult | None:
         """A stored answer for job, without making anything: None when there is none.
@@ -155,20 +155,24 @@ class ImageCache:
         if not (self.enabled and policy.lookup):
             return None
         key = await self._key(job, output)
-        return await self._hit(key, job, output) if key is not None else None
+        return await self._hit(key, output) if key is not None else None
 
-    async def _hit(self, key: str, job: Job, output: Output) -> ImagesResult | None:
+    async def _hit(self, key: str, output: Output) -> ImagesResult | None:
         """The stored entry for key shaped for this caller and counted as a hit; None when
         there is none (or its links aged out with no bytes held)."""
         found = await self._lookup(key)
         served = await self._serve(found, output) if found is not None else None
-        return self._counted(served, "hit", job) if served is not None else None
+        return self._counted(served, "hit", found) if served is not None else None
 
-    def _counted(self, result: ImagesResult, how: CacheResult, job: Job) -> ImagesResult:
+    def _counted(
+        self, result: ImagesResult, how: CacheResult, entry: Entry | None = None
+    ) -> ImagesResult:
+        """Mark and count how the cache answered; a hit or a coalesced wait saved the
+        upstream calls the entry took to make."""
         result.cache = how
         self._metrics.cache_requests.labels(how).inc()
-        if how in ("hit", "coalesced"):
-            self._metrics.cache_calls_saved.inc(self._calls_for(job))
+        if entry is not None and how in ("hit", "coalesced"):
+            self._metrics.cache_calls_saved.inc(entry.calls)
         return result
 
     def _calls_for(self, job: Job) -> int:

@@ -137,7 +137,8 @@ class SharedStore:
     # ------------------------------------------------------------------ flights
 
     async def acquire(self, key: str, flight: str, seconds: float) -> str | None:
-        """Take the lock for key: None when taken, else the flight id holding it."""
+        """Take the lock for key: None once this flight holds it, else the flight id of the
+        one that does."""
         lock = self._prefix + "l:" + key
         ms = max(1, int(seconds * 1000))
 
