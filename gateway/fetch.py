@@ -19,7 +19,7 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from .errors import GatewayError
-from .media import BadImage, decode_data_uri, inspect_image
+from .media import BadImage, ImageInfo, decode_data_uri, inspect_image
 from .netguard import GuardedResolver, RefusedUrl, UrlPolicy, refused_cause
 
 _BROWSER_UA = (
@@ -63,8 +63,9 @@ class Fetcher:
         self._max_redirects = max_redirects
         self._client = _download_client(self._policy, timeout)
 
-    async def get(self, url: str, *, decode: bool = True) -> tuple[bytes, str]:
-        """The image's bytes and type; data: URIs are decoded locally. 502/504 on failure.
+    async def get(self, url: str, *, decode: bool = True) -> tuple[bytes, ImageInfo]:
+        """The image's bytes, type and size; data: URIs are decoded locally. 502/504 on
+        failure.
 
         The image is always checked whole (type, pixel count, PNG checksums, JPEG at 1/8
         scale); `decode` also decodes every pixel, for callers about to re-encode it. An
@@ -98,7 +99,7 @@ class Fetcher:
             raise _fetch_failed(
                 f"The upstream's image link did not return an image: {exc}."
             ) from None
-        return data, info.mime
+        return data, info
 
     async def _download(self, url: str) -> bytes:
         for _hop in range(self._max_redirects + 1):

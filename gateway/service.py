@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from .errors import GatewayError
 from .fetch import Fetcher
-from .media import image_size, reencode
+from .media import reencode
 from .pool import Pool
 from .translate import error_for, split_count
 from .types import ImagesResult, Job, Output, ProducedImage
@@ -98,19 +98,19 @@ class ImageService:
             return ProducedImage(url=link, size=output.expected_size)
         target = output.output_format
         # Decode every pixel only where a re-encode may follow (see Fetcher.get).
-        data, mime = await self.fetcher.get(link, decode=target is not None)
+        data, info = await self.fetcher.get(link, decode=target is not None)
+        mime = info.mime
         wanted_mime = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}.get(
             target or ""
         )
         if target is not None and (mime != wanted_mime or output.output_compression is not None):
             data = await asyncio.to_thread(reencode, data, target, output.output_compression)
             mime = wanted_mime or mime
-        size = await asyncio.to_thread(image_size, data)
         return ProducedImage(
             url=link if not link.startswith("data:") else None,
             data=data,
             mime=mime,
-            size=size or output.expected_size,
+            size=info.size,  # a re-encode keeps the pixels, so the size read on download
         )
 
     @staticmethod

@@ -207,7 +207,7 @@ class ImageCache:
         else:
             # A link's content may change behind the same URL: the key needs the bytes.
             try:
-                data, _mime = await self._fetcher.get(image, decode=False)
+                data, _info = await self._fetcher.get(image, decode=False)
             except GatewayError:
                 return None
         if len(data) > 1 << 20:
