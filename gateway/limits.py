@@ -100,9 +100,8 @@ class Limiter:
         return self._day
 
     def _seconds_to_midnight(self) -> float:
-        now = dt.datetime.fromtimestamp(self._wall(), dt.UTC)
-        midnight = dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(), dt.UTC)
-        return (midnight - now).total_seconds()
+        self._today()  # brings the day's end up to date
+        return self._day_ends - self._wall()
 
     def _state(self, client: ClientConfig) -> _ClientState:
         state = self._states.get(client.name)
