@@ -31,27 +31,28 @@ def wait_until_healthy(
         time.sleep(0.05)
 
 
-class GatewayProcess:
-    """`python -m gateway` on a free port; config and log live in a folder of its own."""
+class ChildGateway:
+    """A gateway command as a child process on `port`, its output in workdir/gateway.log,
+    returned once it answers /healthz."""
 
-    def __init__(self, workdir: Path, toml_text: str | None, env: dict[str, str] | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        workdir = workdir / f"gateway-{self.port}"
-        workdir.mkdir(parents=True)
-        args = [sys.executable, "-m", "gateway", "--port", str(self.port)]
-        if toml_text is not None:
-            config = workdir / "config.toml"
-            config.write_text(toml_text)
-            args += ["--config", str(config)]
+    def __init__(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        workdir: Path,
+        port: int,
+        *,
+        cwd: Path | None = None,
+        timeout: float = 30,
+    ) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
         self.log_path = workdir / "gateway.log"
         self._log = self.log_path.open("wb")
-        child_env = {k: v for k, v in os.environ.items() if not k.endswith("_API_TOKENS")}
-        child_env.update(env or {})
         self.proc = subprocess.Popen(
-            args, stdout=self._log, stderr=subprocess.STDOUT, env=child_env
+            argv, cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT
         )
-        wait_until_healthy(self.url, self.proc, self.log, timeout=20)
+        wait_until_healthy(self.url, self.proc, self.log, timeout=timeout)
 
     def log(self) -> str:
         if not self._log.closed:
@@ -65,3 +66,20 @@ class GatewayProcess:
         if not self._log.closed:
             self._log.close()
         return code
+
+
+class GatewayProcess(ChildGateway):
+    """`python -m gateway` on a free port; config and log live in a folder of its own."""
+
+    def __init__(self, workdir: Path, toml_text: str | None, env: dict[str, str] | None = None):
+        port = free_port()
+        workdir = workdir / f"gateway-{port}"
+        workdir.mkdir(parents=True)
+        args = [sys.executable, "-m", "gateway", "--port", str(port)]
+        if toml_text is not None:
+            config = workdir / "config.toml"
+            config.write_text(toml_text)
+            args += ["--config", str(config)]
+        child_env = {k: v for k, v in os.environ.items() if not k.endswith("_API_TOKENS")}
+        child_env.update(env or {})
+        super().__init__(args, child_env, workdir, port, timeout=20)

@@ -6,15 +6,19 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from tests.conftest import free_port
 
 
 class RedisServer:
-    """redis-server on a free port, no persistence, stopped and restarted at will."""
+    """redis-server on a free port, no persistence, stopped and restarted at will.
+    `extra_args` come last, so a deployment file's own arguments are honoured."""
 
-    def __init__(self, workdir: Path, password: str | None = None) -> None:
+    def __init__(
+        self, workdir: Path, password: str | None = None, extra_args: Sequence[str] = ()
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:  # .ci/run installs it; a missing server is a failure, not a skip
             raise RuntimeError("redis-server is not installed: apt-get install redis-server")
@@ -23,6 +27,7 @@ class RedisServer:
         self._dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.password = password
+        self._extra_args = list(extra_args)
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -41,8 +46,9 @@ class RedisServer:
         ]  # fmt: skip
         if self.password:
             args += ["--requirepass", self.password]
+        args += self._extra_args
         self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 20
         while not self._answers():
             if self._proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("redis-server did not start")

@@ -24,7 +24,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -43,7 +42,8 @@ import yaml
 from tests import deploy_checks
 from tests.conftest import free_port
 from tests.deploy_checks import ROOT, Stage
-from tests.processes import wait_until_healthy
+from tests.processes import ChildGateway
+from tests.redis_server import RedisServer
 
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "deploy" / "docker-compose.yml"
@@ -234,57 +234,10 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Image:
 # --- servers the orchestrators start beside the gateway --------------------------
 
 
-class RedisServer:
+def deployment_redis(args: list[str], workdir: Path) -> RedisServer:
     """A real redis-server on 127.0.0.1, started with a deployment file's arguments."""
-
-    def __init__(self, args: list[str], workdir: Path) -> None:
-        assert args[0] == "redis-server", args
-        self.port = free_port()
-        command = [deploy_checks.require("redis-server"), *args[1:]]
-        command += ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(workdir)]
-        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while not self._answers():
-            assert self.proc.poll() is None, "redis-server exited"
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-
-    def _answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
-                conn.sendall(b"PING\r\n")
-                # +PONG, or -NOAUTH when a password is set: either way it is serving.
-                return conn.recv(64)[:1] in (b"+", b"-")
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=20)
-
-
-class Gateway:
-    """The image's command as a child process, its output captured."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path, port: int) -> None:
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_path = cwd / "gateway.log"
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            argv, cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT
-        )
-        wait_until_healthy(self.url, self.proc, self.log)
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=30)
-        self._log.close()
-        return code
+    assert args[0] == "redis-server", args
+    return RedisServer(workdir, extra_args=args[1:]).start()
 
 
 @pytest.fixture
@@ -331,7 +284,7 @@ def test_compose_gateway_is_ready(image: Image, tmp_path: Path, started: list[An
     answers /readyz, passes the image's HEALTHCHECK, and serves the OpenAI SDK."""
     services = deploy_checks.compose_services(COMPOSE)
     gateway_service = services["gateway"]
-    redis = RedisServer(services["redis"]["command"], tmp_path)
+    redis = deployment_redis(services["redis"]["command"], tmp_path)
     started.append(redis)
 
     # Interpolated against an empty host environment: what `up` gives a fresh shell.
@@ -343,8 +296,12 @@ def test_compose_gateway_is_ready(image: Image, tmp_path: Path, started: list[An
     }
     port = free_port()
     extra_args = [str(arg) for arg in gateway_service.get("command", [])]
-    gateway = Gateway(
-        image.command(extra_args, port), image.environment(environment, tmp_path), tmp_path, port
+    gateway = ChildGateway(
+        image.command(extra_args, port),
+        image.environment(environment, tmp_path),
+        tmp_path,
+        port,
+        cwd=tmp_path,
     )
     started.append(gateway)
 
@@ -408,7 +365,7 @@ def kubernetes_pod(tmp_path: Path, fakes: Mapping[str, Any], redis_address: str)
 
 def start_kubernetes_gateway(
     image: Image, tmp_path: Path, started: list[Any], fake_factory: Any, *, latency: float = 0
-) -> tuple[Gateway, KubernetesPod, dict[str, Any]]:
+) -> tuple[ChildGateway, KubernetesPod, dict[str, Any]]:
     """The image started as the Deployment starts it, beside a Redis as redis.yaml runs it."""
     secret_env = next(
         doc["stringData"]
@@ -425,17 +382,18 @@ def start_kubernetes_gateway(
         re.sub(r"\$\((\w+)\)", lambda m: secret_env[m.group(1)], arg)
         for arg in redis_container["args"]
     ]
-    redis = RedisServer(redis_args, tmp_path)
+    redis = deployment_redis(redis_args, tmp_path)
     started.append(redis)
 
     fakes = {kind: fake_factory(kind, latency=latency) for kind in ("acedata", "xhuoapi", "defapi")}
     pod = kubernetes_pod(tmp_path, fakes, f"127.0.0.1:{redis.port}")
     port = free_port()
-    gateway = Gateway(
+    gateway = ChildGateway(
         image.command(pod.args, port),
         image.environment(pod.environment, tmp_path),
         tmp_path,
         port,
+        cwd=tmp_path,
     )
     started.append(gateway)
     return gateway, pod, fakes
