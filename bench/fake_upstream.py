@@ -8,8 +8,8 @@ It speaks the AceDataCloud schema the gateway's `acedata` upstream speaks
 after `--latency` seconds without blocking, and serves one pre-built PNG of about
 `--image-bytes` at every image link.
 
-Why not the fakes in tests/fakes: those are thread-per-connection servers built to be
-steered and inspected by tests. Under benchmark load they would be the bottleneck, and
+Why not the fakes in tests/support/fakes.py: those are thread-per-connection servers built
+to be steered and inspected by tests. Under benchmark load they would be the bottleneck, and
 2,000 waiting calls would be 2,000 threads. This one is a bare asyncio protocol on uvloop
 with httptools parsing, so the gateway, not the yardstick, is what gets measured.
 

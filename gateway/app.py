@@ -1,11 +1,13 @@
-"""Builds the Starlette app from a Config: routes, middleware, lifespan."""
+"""Wiring only: every part of the gateway built from the Config and handed over, the
+routes, the middleware, the lifespan. Requests travel as gateway/pipeline.py says."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import prometheus_client
 from starlette.applications import Starlette
@@ -15,21 +17,30 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .api.auth import bearer, key_matches
+from .admission.clients import ClientAuth
+from .admission.limits import Limiter
+from .admission.prices import PriceList
+from .api.catalog import ModelEndpoints
+from .api.errors import INTERNAL, OpenAIError, openai_error
+from .api.images import ImageEndpoints
 from .api.middleware import RequestIdMiddleware, ShutdownMiddleware
+from .api.openapi import openapi_document
+from .api.operations import OperationEndpoints
 from .api.responses import error_response
-from .api.routes import API
 from .cache import ImageCache
 from .config import Config
-from .errors import GatewayError
-from .fetch import Fetcher
-from .metrics import Metrics
-from .netguard import UrlPolicy
-from .openapi import openapi_document
-from .pool import Attempt, Pool
-from .service import ImageService
+from .errors import DomainError
+from .fanout import FanOut
+from .metering.meter import Meter
+from .metering.metrics import CacheCollector, LimitsCollector, Metrics, PoolCollector
+from .metering.usage import UsageLog
+from .pipeline import ImagePipeline
+from .pool import Pool
+from .shape.fetch import Fetcher
+from .shape.netguard import UrlPolicy
+from .shape.shaper import Shaper
+from .shape.store import ImageStore
 from .shutdown import Shutdown
-from .store import ImageStore
 from .upstreams import build_upstream
 
 log = logging.getLogger("gateway")
@@ -38,45 +49,96 @@ log = logging.getLogger("gateway")
 _IMAGE_PATHS = ("/v1/images/generations", "/v1/images/edits")
 
 
-def create_app(config: Config, *, bind_host: str = "127.0.0.1") -> Starlette:
-    """The gateway as an ASGI app. `bind_host` is where the API listens: a separate
-    metrics port listens there too unless [server] metrics_host says otherwise.
+@dataclass
+class Gateway:
+    """Every part, built from one Config; what the HTTP app (and anything else that runs
+    image requests, such as a batch runner) is made of."""
 
-    `app.state.shutdown.begin()` starts the graceful shutdown (the command line calls it
-    on SIGTERM)."""
+    config: Config
+    metrics: Metrics
+    url_policy: UrlPolicy
+    auth: ClientAuth
+    pool: Pool
+    cache: ImageCache
+    pipeline: ImagePipeline
+    fetcher: Fetcher
+    usage_log: UsageLog
+
+    async def aclose(self) -> None:
+        """Close every outbound client and the usage log."""
+        await self.pool.aclose()
+        await self.fetcher.aclose()
+        await self.cache.aclose()
+        self.usage_log.close()
+
+
+def build(config: Config) -> Gateway:
+    """The parts of a gateway, wired: admission, pool, shaping, cache, meter, pipeline."""
+    secrets = config.secrets()
     metrics = Metrics()
-    shutdown = Shutdown(config.server.shutdown_grace_seconds)
     policy = UrlPolicy.build(
         allow_private=config.images.allow_private_networks,
         allowed_networks=config.images.allowed_networks,
         # The operator chose these hosts; image links to them are as trusted as the API.
         trusted_urls=[u.base_url for u in config.upstreams if u.type != "mock"],
     )
-
-    def on_attempt(attempt: Attempt) -> None:
-        metrics.upstream_requests.labels(attempt.upstream, attempt.outcome).inc()
-        metrics.upstream_seconds.labels(attempt.upstream).observe(attempt.seconds)
-
+    auth = ClientAuth(config.clients)
+    limiter = Limiter(config.clients)
+    usage_log = UsageLog(config.usage.log)
+    meter = Meter(metrics, limiter, PriceList(config.prices), usage_log, describe=_status_and_code)
     pool = Pool(
         [(build_upstream(u), u) for u in config.upstreams],
         config.pool,
-        on_attempt=on_attempt,
-        on_retry=lambda reason: metrics.retries.labels(reason).inc(),
-        secrets=config.secrets(),
+        on_attempt=meter.attempt,
+        on_retry=meter.retry,
+        secrets=secrets,
     )
-    metrics.watch_pool(pool)
     fetcher = Fetcher(
         max_bytes=config.images.download_max_bytes,
         timeout=config.images.download_timeout_seconds,
         policy=policy,
     )
-    service = ImageService(
-        pool, fetcher, deadline_seconds=config.pool.deadline_seconds, secrets=config.secrets()
+    fanout = FanOut(
+        pool, Shaper(fetcher), deadline_seconds=config.pool.deadline_seconds, secrets=secrets
     )
     cache = ImageCache(
-        config.cache, service, fetcher, metrics, deadline_seconds=config.pool.deadline_seconds
+        config.cache,
+        fanout,
+        fetcher,
+        deadline_seconds=config.pool.deadline_seconds,
+        on_evict=meter.cache_evicted,
+        on_redis_error=meter.redis_error,
     )
-    api = API(config, pool, service, cache, metrics, ImageStore())
+    pipeline = ImagePipeline(
+        auth=auth, limiter=limiter, cache=cache, meter=meter, images=config.images
+    )
+    for collector in (PoolCollector(pool), LimitsCollector(limiter), CacheCollector(cache)):
+        metrics.registry.register(collector)
+    return Gateway(config, metrics, policy, auth, pool, cache, pipeline, fetcher, usage_log)
+
+
+def create_app(config: Config, *, bind_host: str = "127.0.0.1") -> Starlette:
+    """The gateway as an ASGI app. `bind_host` is where the API listens: a separate
+    metrics port listens there too unless [server] metrics_host says otherwise.
+
+    `app.state.shutdown.begin()` starts the graceful shutdown (the command line calls it
+    on SIGTERM)."""
+    gateway = build(config)
+    secrets = config.secrets()
+    metrics, pool = gateway.metrics, gateway.pool
+    shutdown = Shutdown(config.server.shutdown_grace_seconds)
+    store = ImageStore()
+    images = ImageEndpoints(
+        gateway.pipeline,
+        store,
+        url_policy=gateway.url_policy,
+        upload_max_bytes=config.images.upload_max_bytes,
+        keepalive_seconds=config.images.stream_keepalive_seconds,
+        secrets=secrets,
+    )
+    catalog = ModelEndpoints(config, pool, gateway.auth)
+    ops = OperationEndpoints(config, pool, store, metrics.registry)
+    document = openapi_document(config)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -95,36 +157,30 @@ def create_app(config: Config, *, bind_host: str = "127.0.0.1") -> Starlette:
             if metrics_server is not None:
                 metrics_server.shutdown()
                 metrics_server.server_close()
-            await pool.aclose()
-            await fetcher.aclose()
-            await cache.aclose()
-            api.usage_log.close()
-
-    document = openapi_document(config)
+            await gateway.aclose()
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(document)
 
     routes = [
-        Route("/v1/images/generations", api.generations, methods=["POST"]),
-        Route("/v1/images/edits", api.edits, methods=["POST"]),
-        Route("/v1/images/store/{name}", api.stored_image, methods=["GET"]),
-        Route("/v1/models", api.models, methods=["GET"]),
-        Route("/v1/models/{model:path}", api.model, methods=["GET"]),
-        Route("/healthz", api.healthz, methods=["GET"]),
-        Route("/readyz", api.readyz, methods=["GET"]),
-        Route("/admin/upstreams", api.admin_upstreams, methods=["GET"]),
+        Route("/v1/images/generations", images.generations, methods=["POST"]),
+        Route("/v1/images/edits", images.edits, methods=["POST"]),
+        Route("/v1/images/store/{name}", ops.stored_image, methods=["GET"]),
+        Route("/v1/models", catalog.models, methods=["GET"]),
+        Route("/v1/models/{model:path}", catalog.model, methods=["GET"]),
+        Route("/healthz", ops.healthz, methods=["GET"]),
+        Route("/readyz", ops.readyz, methods=["GET"]),
+        Route("/admin/upstreams", ops.admin_upstreams, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
     if config.server.metrics_port is None:
         # With a metrics port, the API port does not serve metrics at all.
-        routes.append(
-            Route(
-                "/metrics",
-                _key_required(config.admin.metrics_key, api.metrics_text),
-                methods=["GET"],
-            )
-        )
+        routes.append(Route("/metrics", ops.metrics, methods=["GET"]))
+
+    async def domain_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, DomainError)
+        return error_response(openai_error(exc, secrets))
+
     app = Starlette(
         routes=routes,
         middleware=[
@@ -132,7 +188,7 @@ def create_app(config: Config, *, bind_host: str = "127.0.0.1") -> Starlette:
             Middleware(ShutdownMiddleware, shutdown=shutdown, paths=_IMAGE_PATHS),
         ],
         exception_handlers={
-            GatewayError: _gateway_error,
+            DomainError: domain_error,
             HTTPException: _http_error,
             Exception: _unexpected,
         },
@@ -140,36 +196,15 @@ def create_app(config: Config, *, bind_host: str = "127.0.0.1") -> Starlette:
     )
     app.state.pool = pool
     app.state.metrics = metrics
-    app.state.cache = cache
+    app.state.cache = gateway.cache
     app.state.shutdown = shutdown
-    # Read by the edit parser: image_url inputs obey the same network policy.
-    app.state.url_policy = policy
+    app.state.pipeline = gateway.pipeline
     return app
 
 
-def _key_required(
-    key: str | None, handler: Callable[[Request], Awaitable[Response]]
-) -> Callable[[Request], Awaitable[Response]]:
-    """The handler, behind a Bearer key when one is configured."""
-    if key is None:
-        return handler
-
-    async def guarded(request: Request) -> Response:
-        if not key_matches(bearer(request), key):
-            raise GatewayError(
-                401,
-                "Metrics need the metrics key: Authorization: Bearer <[admin] metrics_key>.",
-                code="invalid_api_key",
-                headers={"www-authenticate": "Bearer"},
-            )
-        return await handler(request)
-
-    return guarded
-
-
-async def _gateway_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, GatewayError)
-    return error_response(exc)
+def _status_and_code(err: DomainError) -> tuple[int, str | None]:
+    answer = openai_error(err)
+    return answer.status, answer.code
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -180,20 +215,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         message = f"Method {request.method} is not allowed for {request.url.path}"
     else:
         message = str(exc.detail)
-    err = GatewayError(exc.status_code, message, code=None, headers=exc.headers)
-    return error_response(err)
+    return error_response(OpenAIError(exc.status_code, message, headers=exc.headers or {}))
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     # Starlette logs the traceback; the caller gets no stack trace, only a request id.
-    request_id = getattr(request.state, "request_id", None)
-    err = GatewayError(
-        500,
-        "The gateway hit an unexpected error. Quote the x-request-id when reporting it.",
-        type="server_error",
-        code="internal_error",
-    )
-    return error_response(err, request_id)
+    return error_response(INTERNAL, getattr(request.state, "request_id", None))
 
 
 def _announce(config: Config) -> None:

@@ -48,7 +48,12 @@ class ModelSpec:
     name: str
     resolutions: tuple[str, ...]
     sizes: Mapping[str, tuple[int, int]]
-    owned_by: str = "google"
+
+    @property
+    def takes_resolution(self) -> bool:
+        """True when the model makes more than one resolution, so an upstream call should
+        say which."""
+        return len(self.resolutions) > 1
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -62,6 +67,12 @@ MODELS: dict[str, ModelSpec] = {
 def base_model(name: str) -> str:
     """'nano-banana-pro:official' -> 'nano-banana-pro' (the variant decides price, not pixels)."""
     return name.split(":", 1)[0]
+
+
+def takes_resolution(model: str) -> bool:
+    """Whether an upstream call for this model (a variant too) should name a resolution."""
+    spec = MODELS.get(base_model(model))
+    return spec is not None and spec.takes_resolution
 
 
 def _ratio_value(ratio: str) -> float:

@@ -6,19 +6,17 @@ Pure functions only; every rule here has a table test in tests/test_translate.py
 from __future__ import annotations
 
 import fnmatch
-import math
 import re
 from collections.abc import Mapping
 
-from .errors import GatewayError, invalid, scrub
+from .errors import ModelNotFound, invalid
+from .fields import MAX_N as _MAX_N
+from .fields import OUTPUT_FORMATS as _OUTPUT_FORMATS
 from .models import MODELS, base_model, nearest_aspect_ratio, produced_size
 from .types import Action, ImageRequest, Job, Output
-from .upstreams.base import FailureKind, UpstreamError
 
 # OpenAI's GPT image models always answer with b64_json; apps built on them read it blindly.
 _B64_FAMILIES = ("gpt-image-*", "chatgpt-image-*")
-_OUTPUT_FORMATS = ("png", "jpeg", "webp")
-_MAX_N = 10
 _MAX_SIDE = 8192
 _DIGITS = re.compile(r"[0-9]{1,6}")
 
@@ -32,13 +30,10 @@ def resolve_model(requested: str | None, default: str, aliases: Mapping[str, str
     for pattern, target in aliases.items():
         if fnmatch.fnmatchcase(requested, pattern):
             return target
-    raise GatewayError(
-        404,
+    raise ModelNotFound(
+        requested,
         f"The model '{requested}' does not exist or you do not have access to it. "
         f"Available: {', '.join(MODELS)}, or an alias listed by GET /v1/models.",
-        type="invalid_request_error",
-        param="model",
-        code="model_not_found",
     )
 
 
@@ -82,16 +77,42 @@ def build_job(
 ) -> tuple[Job, Output]:
     """Translate a parsed OpenAI request into the upstream job and the answer's shape.
 
-    Raises GatewayError (400/404) naming the parameter for anything that would change the
-    picture and cannot be honoured.
+    Raises InvalidParameter naming the parameter for anything that would change the picture
+    and cannot be honoured, ModelNotFound for a model nobody serves. Checks run in a fixed
+    order (model, n, unsupported features, size, formats, images), so one request always
+    gets the same error.
     """
     model = resolve_model(req.model, default_model, aliases)
-    spec = MODELS[base_model(model)]
-
     n = 1 if req.n is None else req.n
     if not 1 <= n <= _MAX_N:
         raise invalid("n", f"Invalid n {n}: must be between 1 and {_MAX_N}.")
+    _refuse_unsupported(req)
+    aspect_ratio, resolution = _geometry(req, model)
+    response_format, output_format = _formats(req)
+    if req.endpoint == "edits" and not req.images:
+        raise invalid("image", "An edit needs at least one image.")
+    action: Action = "edit" if req.endpoint == "edits" else "generate"
+    job = Job(
+        action=action,
+        prompt=req.prompt,
+        model=model,
+        count=n,
+        images=req.images,
+        aspect_ratio=aspect_ratio,
+        resolution=resolution,
+    )
+    output = Output(
+        response_format=response_format,  # type: ignore[arg-type]
+        output_format=output_format,
+        output_compression=req.output_compression,
+        stream=req.stream,
+        expected_size=_expected_size(req, job),
+    )
+    return job, output
 
+
+def _refuse_unsupported(req: ImageRequest) -> None:
+    """What the Nano Banana models cannot do at all: refused rather than silently dropped."""
     if req.mask:
         raise invalid(
             "mask",
@@ -105,31 +126,38 @@ def build_job(
             "use background 'auto' or 'opaque'.",
         )
 
+
+def _geometry(req: ImageRequest, model: str) -> tuple[str | None, str | None]:
+    """(aspect ratio, resolution) for the requested size; (None, None) for 'auto'."""
     dims = parse_size(req.size)
-    aspect_ratio: str | None = None
-    resolution: str | None = None
-    if dims is not None:
-        aspect_ratio = nearest_aspect_ratio(*dims)
-        resolution = resolution_for(*dims)
-        if resolution not in spec.resolutions:
+    if dims is None:
+        return None, None
+    spec = MODELS[base_model(model)]
+    aspect_ratio = nearest_aspect_ratio(*dims)
+    resolution = resolution_for(*dims)
+    if resolution not in spec.resolutions:
+        raise invalid(
+            "size",
+            f"Model {model} makes {'/'.join(spec.resolutions)} images only; size "
+            f"'{req.size}' needs {resolution}. Ask for a size up to 1024 on the long side, "
+            "size 'auto', or model nano-banana-2 / nano-banana-pro.",
+        )
+    if req.endpoint == "edits" and req.first_image_size is not None:
+        # The upstream edit keeps the first image's ratio; a different one would be a
+        # silent change of the picture the caller asked for.
+        first_ratio = nearest_aspect_ratio(*req.first_image_size)
+        if first_ratio != aspect_ratio:
             raise invalid(
                 "size",
-                f"Model {model} makes {'/'.join(spec.resolutions)} images only; size "
-                f"'{req.size}' needs {resolution}. Ask for a size up to 1024 on the long side, "
-                "size 'auto', or model nano-banana-2 / nano-banana-pro.",
+                f"Edits keep the first image's aspect ratio ({first_ratio}); size "
+                f"'{req.size}' asks for {aspect_ratio}. "
+                f"Send size 'auto' or a {first_ratio} size.",
             )
-        if req.endpoint == "edits" and req.first_image_size is not None:
-            # The upstream edit keeps the first image's ratio; a different one would be a
-            # silent change of the picture the caller asked for.
-            first_ratio = nearest_aspect_ratio(*req.first_image_size)
-            if first_ratio != aspect_ratio:
-                raise invalid(
-                    "size",
-                    f"Edits keep the first image's aspect ratio ({first_ratio}); size "
-                    f"'{req.size}' asks for {aspect_ratio}. "
-                    f"Send size 'auto' or a {first_ratio} size.",
-                )
+    return aspect_ratio, resolution
 
+
+def _formats(req: ImageRequest) -> tuple[str, str | None]:
+    """(response_format, output_format) of the answer; 'jpg' is read as 'jpeg'."""
     response_format = req.response_format or default_response_format(req.model)
     if response_format not in ("url", "b64_json"):
         raise invalid(
@@ -152,112 +180,15 @@ def build_job(
             f"output_format '{output_format}' needs response_format 'b64_json': upstream links "
             "point at the provider's PNG and cannot be re-encoded.",
         )
-
-    if req.endpoint == "edits":
-        if not req.images:
-            raise invalid("image", "An edit needs at least one image.")
-        action: Action = "edit"
-    else:
-        action = "generate"
-
-    job = Job(
-        action=action,
-        prompt=req.prompt,
-        model=model,
-        count=n,
-        images=req.images,
-        aspect_ratio=aspect_ratio,
-        resolution=resolution,
-    )
-    expected: tuple[int, int] | None
-    if action == "edit" and req.first_image_size is not None:
-        expected = produced_size(model, nearest_aspect_ratio(*req.first_image_size), resolution)
-    elif action == "edit":
-        expected = None
-    else:
-        expected = produced_size(model, aspect_ratio, resolution)
-    output = Output(
-        response_format=response_format,  # type: ignore[arg-type]
-        output_format=output_format,
-        output_compression=req.output_compression,
-        stream=req.stream,
-        model_label=model,
-        expected_size=expected,
-    )
-    return job, output
+    return response_format, output_format
 
 
-def split_count(n: int, per_call: int) -> list[int]:
-    """How many images to ask of each upstream call: 10 with a cap of 4 -> [4, 4, 2]."""
-    calls = [per_call] * (n // per_call)
-    if n % per_call:
-        calls.append(n % per_call)
-    return calls
-
-
-def error_for(err: UpstreamError, secrets: tuple[str, ...] = ()) -> GatewayError:
-    """Upstream failure in, caller's OpenAI error out. Pure; table-tested.
-
-    The caller's key is fine when the gateway's tokens are not, so token trouble is a 502,
-    never a 401/403 that would make an SDK app think its own key is wrong.
-    """
-    message = scrub(err.message, secrets)
-    headers: dict[str, str] = {}
-    if err.task_id:
-        headers["x-upstream-task-id"] = err.task_id
-    if err.trace_id:
-        headers["x-upstream-trace-id"] = err.trace_id
-    kind = err.kind
-    if kind is FailureKind.BAD_REQUEST:
-        return GatewayError(
-            400,
-            f"The upstream rejected the request: {message}",
-            param=err.param,
-            code=err.code or "invalid_request",
-            headers=headers,
-        )
-    if kind is FailureKind.SAFETY:
-        return GatewayError(
-            400,
-            f"Your request was rejected by the safety system: {message}",
-            code="content_policy_violation",
-            headers=headers,
-        )
-    if kind is FailureKind.RATE_LIMITED:
-        if err.retry_after is not None:
-            headers["retry-after"] = str(max(1, math.ceil(err.retry_after)))
-        return GatewayError(
-            429,
-            "The upstream is rate-limiting the gateway; please retry shortly.",
-            type="requests",
-            code="rate_limit_exceeded",
-            headers=headers,
-        )
-    if kind in (FailureKind.AUTH, FailureKind.BALANCE):
-        what = (
-            "rejected the gateway's token"
-            if kind is FailureKind.AUTH
-            else "reports no balance left"
-        )
-        return GatewayError(
-            502,
-            f"The upstream {what}; this is the gateway's problem, not your key's.",
-            type="server_error",
-            code="upstream_token_unusable",
-            headers=headers,
-        )
-    if kind is FailureKind.TIMEOUT:
-        return GatewayError(
-            504,
-            "The upstream did not finish the image in time.",
-            type="server_error",
-            code="upstream_timeout",
-            headers=headers,
-        )
-    return GatewayError(
-        502,
-        f"The upstream failed: {message}",
-        type="server_error",
-        code="upstream_error",
-        headers=headers,
-    )
+def _expected_size(req: ImageRequest, job: Job) -> tuple[int, int] | None:
+    """The pixel size the model will make, from Google's tables: an edit takes its first
+    image's ratio (unknown when that image is a link)."""
+    if job.action != "edit":
+        return produced_size(job.model, job.aspect_ratio, job.resolution)
+    if req.first_image_size is None:
+        return None
+    ratio = nearest_aspect_ratio(*req.first_image_size)
+    return produced_size(job.model, ratio, job.resolution)

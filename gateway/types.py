@@ -2,7 +2,7 @@
 
 These are plain data: `api/` fills an ImageRequest from the wire, `translate.py` turns it
 into a Job (what to make) and an Output (how to hand it back), and the rest of the
-gateway only ever sees those two.
+gateway only ever sees those two; what comes back is an ImagesResult.
 """
 
 from __future__ import annotations
@@ -71,8 +71,26 @@ class Output:
     output_format: str | None = None  # None: keep what the upstream made
     output_compression: int | None = None
     stream: bool = False
-    model_label: str = "nano-banana"
     expected_size: tuple[int, int] | None = None
+
+    @property
+    def wants_bytes(self) -> bool:
+        """The answer carries the image itself (b64_json, a stream, a re-encode), not only
+        a link to it."""
+        return (
+            self.response_format == "b64_json"
+            or self.stream
+            or self.output_format not in (None, "png")
+        )
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What one call to one upstream token came to."""
+
+    upstream: str
+    outcome: str  # "ok" or a FailureKind value
+    seconds: float
 
 
 @dataclass
@@ -95,3 +113,5 @@ class ImagesResult:
     trace_ids: list[str] = field(default_factory=list)
     cache: CacheResult = "off"
     age: int | None = None  # seconds since a cached result was made
+    attempts: list[Attempt] = field(default_factory=list)  # upstream calls made for it
+    calls_saved: int = 0  # upstream calls a stored or coalesced answer did not make

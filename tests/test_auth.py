@@ -7,10 +7,12 @@ import hashlib
 import pytest
 from starlette.requests import Request
 
-from gateway.api.auth import ClientAuth, check_model, model_allowed
+from gateway.admission.clients import ClientAuth, check_model, model_allowed
+from gateway.api.auth import bearer
+from gateway.api.errors import openai_error
 from gateway.config import ClientConfig, ConfigError
-from gateway.errors import GatewayError
-from tests.conftest import make_config
+from gateway.errors import DomainError
+from tests.support.gateway import make_config
 
 BASE = '[[upstreams]]\nname = "m"\ntype = "mock"\n'
 KEY_A = "sk-team-a-0123456789"
@@ -46,12 +48,13 @@ def auth() -> ClientAuth:
 )
 def test_identify(auth: ClientAuth, headers: dict[str, str], client: str | None) -> None:
     if client is None:
-        with pytest.raises(GatewayError) as err:
-            auth.identify(request_with(headers))
-        assert err.value.status == 401
-        assert err.value.code == "invalid_api_key"
+        with pytest.raises(DomainError) as err:
+            auth.identify(bearer(request_with(headers)))
+        answer = openai_error(err.value)
+        assert answer.status == 401
+        assert answer.code == "invalid_api_key"
     else:
-        assert auth.identify(request_with(headers)).name == client
+        assert auth.identify(bearer(request_with(headers))).name == client
 
 
 def test_digest_keys_are_not_secrets_but_plain_keys_are() -> None:
@@ -108,7 +111,8 @@ def test_model_allowed(patterns: tuple[str, ...], model: str, allowed: bool) -> 
     client = ClientConfig(name="a", key=KEY_A, models=patterns)
     assert model_allowed(client, model) is allowed
     if not allowed:
-        with pytest.raises(GatewayError) as err:
+        with pytest.raises(DomainError) as err:
             check_model(client, model)
-        assert (err.value.status, err.value.param) == (403, "model")
-        assert err.value.code == "model_not_allowed"
+        answer = openai_error(err.value)
+        assert (answer.status, answer.param) == (403, "model")
+        assert answer.code == "model_not_allowed"

@@ -14,8 +14,8 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import CLIENT_KEY, CLIENTS_TOML, upstream_toml
-from tests.fakes.upstreams import png_bytes
+from tests.support.fakes import png_bytes
+from tests.support.gateway import CLIENT_KEY, CLIENTS_TOML, upstream_toml
 
 TEAM_B_KEY = "sk-team-b-0123456789"
 

@@ -11,9 +11,9 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import CLIENT_KEY, CLIENTS_TOML, upstream_toml
-from tests.processes import GatewayProcess
-from tests.redis_server import RedisServer
+from tests.support.gateway import CLIENT_KEY, CLIENTS_TOML, upstream_toml
+from tests.support.processes import GatewayProcess
+from tests.support.redis_server import RedisServer
 
 REDIS_PASSWORD = "redis-SECRET-password-42"
 

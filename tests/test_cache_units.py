@@ -8,11 +8,13 @@ import time
 
 import pytest
 
+from gateway.api.errors import openai_error
+from gateway.api.headers import policy_for
 from gateway.cache.entry import CachedImage, Entry, decode, encode
 from gateway.cache.flights import Flights
-from gateway.cache.key import CachePolicy, cache_key, policy_for
+from gateway.cache.key import CachePolicy, cache_key
 from gateway.cache.local import LocalStore
-from gateway.errors import GatewayError
+from gateway.errors import NoCapacity
 from gateway.types import Job, Output
 
 BASE_JOB = Job("generate", "a red fox", "nano-banana-2", 1, (), "1:1", "1K")
@@ -50,7 +52,7 @@ def test_key_changes_with_anything_that_changes_the_picture(job, out, digests) -
     [
         Output("b64_json"),
         Output("url", stream=True),
-        Output("url", model_label="gpt-image-1"),
+        Output("url"),
         Output("url", expected_size=(1024, 1024)),
     ],
 )
@@ -239,12 +241,12 @@ async def test_a_failure_reaches_every_waiter() -> None:
 
     async def work() -> int:
         await asyncio.sleep(0.02)
-        raise GatewayError(503, "nothing left")
+        raise NoCapacity("nothing left", retry_after=1, rate_limited=False)
 
     outcomes = await asyncio.gather(
         *(flights.run("k", work) for _ in range(5)), return_exceptions=True
     )
-    assert all(isinstance(o, GatewayError) and o.status == 503 for o in outcomes)
+    assert all(isinstance(o, NoCapacity) and openai_error(o).status == 503 for o in outcomes)
     assert len(flights) == 0  # the next request tries again
 
 

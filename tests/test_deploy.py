@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests import deploy_checks
+from tests.support import deploy_checks
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"

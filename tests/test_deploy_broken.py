@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests import deploy_checks
-from tests.deploy_checks import ROOT, Outcome
+from tests.support import deploy_checks
+from tests.support.deploy_checks import ROOT, Outcome
 
 DEPLOY = ROOT / "deploy"
 KUBERNETES = DEPLOY / "kubernetes"

@@ -1,11 +1,12 @@
-"""Whatever a caller sends, the parsing and translation layer answers with a GatewayError
-(an OpenAI-shaped 4xx) or a valid job: never another exception, which would be a 500.
-Likewise for what an upstream sends: its answers become a result or an UpstreamError, its
+"""Whatever a caller sends, the parsing and translation layer answers with a domain error
+(one that becomes an OpenAI-shaped 4xx) or a valid job: never another exception, which would
+be a 500. Likewise for what an upstream sends: its answers become a result or an UpstreamError, its
 image bytes an image or BadImage, its links an allowed URL or RefusedUrl."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 
 from hypothesis import given, settings
@@ -13,12 +14,13 @@ from hypothesis import strategies as st
 from PIL import Image
 from starlette.requests import Request
 
+from gateway.api.errors import openai_error
 from gateway.api.parse import parse_edit, parse_edit_json, parse_generation
 from gateway.config import DEFAULT_ALIASES
-from gateway.errors import GatewayError
-from gateway.media import BadImage, inspect_image
+from gateway.errors import DomainError
 from gateway.models import MODELS, base_model
-from gateway.netguard import RefusedUrl, UrlPolicy
+from gateway.shape.media import BadImage, inspect_image
+from gateway.shape.netguard import RefusedUrl, UrlPolicy
 from gateway.translate import build_job, parse_size, resolve_model
 from gateway.types import ImageRequest
 from gateway.upstreams import acedata, defapi
@@ -75,9 +77,10 @@ def _translate(parse, body) -> None:
     try:
         req = parse(body)
         job, output = build_job(req, default_model="nano-banana", aliases=DEFAULT_ALIASES)
-    except GatewayError as err:
-        assert 400 <= err.status < 500
-        assert err.body()["error"]["message"]
+    except DomainError as err:
+        answer = openai_error(err)
+        assert 400 <= answer.status < 500
+        assert answer.body()["error"]["message"]
         return
     assert 1 <= job.count <= 10
     assert job.prompt.strip()
@@ -100,7 +103,8 @@ def test_generation_bodies_never_crash(body):
     | json_values,
 )
 def test_edit_json_bodies_never_crash(body, images):
-    _translate(parse_edit_json, {**body, "images": images})
+    parse = functools.partial(parse_edit_json, max_bytes=10 * 1024 * 1024, policy=UrlPolicy())
+    _translate(parse, {**body, "images": images})
 
 
 # --------------------------------------------------------------------------- translation
@@ -111,8 +115,9 @@ def test_edit_json_bodies_never_crash(body, images):
 def test_any_size_string_is_a_size_or_a_400_on_size(size):
     try:
         parsed = parse_size(size)
-    except GatewayError as err:
-        assert (err.status, err.param) == (400, "size")
+    except DomainError as err:
+        answer = openai_error(err)
+        assert (answer.status, answer.param) == (400, "size")
         return
     if parsed is not None:
         w, h = parsed
@@ -128,8 +133,9 @@ def test_any_size_string_is_a_size_or_a_400_on_size(size):
 def test_any_model_name_is_a_model_or_a_404_on_model(name):
     try:
         model = resolve_model(name, "nano-banana", DEFAULT_ALIASES)
-    except GatewayError as err:
-        assert (err.status, err.param, err.code) == (404, "model", "model_not_found")
+    except DomainError as err:
+        answer = openai_error(err)
+        assert (answer.status, answer.param, answer.code) == (404, "model", "model_not_found")
         return
     assert base_model(model) in MODELS
 
@@ -161,8 +167,9 @@ requests = st.builds(
 def test_any_parsed_request_translates_or_is_a_4xx(req):
     try:
         job, output = build_job(req, default_model="nano-banana", aliases=DEFAULT_ALIASES)
-    except GatewayError as err:
-        assert 400 <= err.status < 500 and err.message
+    except DomainError as err:
+        answer = openai_error(err)
+        assert 400 <= answer.status < 500 and answer.message
         return
     assert 1 <= job.count <= 10
     assert output.response_format in ("url", "b64_json")
@@ -241,15 +248,16 @@ async def _parse_edit(body: bytes, content_type: str, chunk: int) -> ImageReques
         "path": "/v1/images/edits",
         "headers": [(b"content-type", content_type.encode())],
     }
-    return await parse_edit(Request(scope, receive), max_bytes=4096)
+    return await parse_edit(Request(scope, receive), max_bytes=4096, policy=UrlPolicy())
 
 
 def _check_edit(body: bytes, content_type: str, chunk: int) -> None:
     try:
         req = asyncio.run(_parse_edit(body, content_type, chunk))
-    except GatewayError as err:
-        assert 400 <= err.status < 500
-        assert set(err.body()["error"]) == {"message", "type", "param", "code"}
+    except DomainError as err:
+        answer = openai_error(err)
+        assert 400 <= answer.status < 500
+        assert set(answer.body()["error"]) == {"message", "type", "param", "code"}
         return
     assert req.prompt.strip()
     assert 1 <= len(req.images) <= 16

@@ -2,7 +2,7 @@
 naming what is wrong, never a 500, a stack trace or a hang.
 
 Callers are the official SDK where it can express the mistake and raw HTTP where only a
-broken client could send it; upstreams are the fakes in tests/fakes/ and, for answers no
+broken client could send it; upstreams are the fakes in tests/support/fakes.py and, for answers no
 honest provider gives, the scripted server in tests/hostile.py.
 """
 
@@ -19,9 +19,9 @@ import pytest
 from PIL import Image
 
 from gateway.config import ConfigError
-from tests.conftest import CLIENT_KEY, CLIENTS_TOML, make_config, upstream_toml
-from tests.fakes.upstreams import png_bytes
-from tests.hostile import (
+from tests.support.fakes import png_bytes
+from tests.support.gateway import CLIENT_KEY, CLIENTS_TOML, make_config, upstream_toml
+from tests.support.hostile import (
     HostileServer,
     ace_success,
     answer,

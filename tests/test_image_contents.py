@@ -39,11 +39,11 @@ import openai
 import pytest
 import yaml
 
-from tests import deploy_checks
-from tests.conftest import free_port
-from tests.deploy_checks import ROOT, Stage
-from tests.processes import ChildGateway
-from tests.redis_server import RedisServer
+from tests.support import deploy_checks
+from tests.support.deploy_checks import ROOT, Stage
+from tests.support.gateway import free_port
+from tests.support.processes import ChildGateway
+from tests.support.redis_server import RedisServer
 
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "deploy" / "docker-compose.yml"

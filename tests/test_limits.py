@@ -6,9 +6,11 @@ import datetime as dt
 
 import pytest
 
+from gateway.admission.limits import Limiter
+from gateway.api.errors import openai_error
 from gateway.config import ClientConfig, ConfigError
-from gateway.limits import Limiter, LimitExceeded
-from tests.conftest import make_config
+from gateway.errors import LimitExceeded
+from tests.support.gateway import make_config
 
 
 class Clock:
@@ -44,10 +46,10 @@ def test_requests_per_minute_is_a_sliding_window() -> None:
     with pytest.raises(LimitExceeded) as refused:
         limiter.admit(client)
     assert refused.value.limit == "requests_per_minute"
-    assert refused.value.status == 429
+    assert openai_error(refused.value).status == 429
     # The first admission (30 s ago) leaves the window in 30 s.
-    assert refused.value.headers["retry-after"] == "30"
-    assert "x-should-retry" not in refused.value.headers
+    assert openai_error(refused.value).headers["retry-after"] == "30"
+    assert "x-should-retry" not in openai_error(refused.value).headers
     clock.advance(29.5)
     with pytest.raises(LimitExceeded):
         limiter.admit(client)
@@ -74,7 +76,7 @@ def test_concurrency_is_released_by_settle_once() -> None:
     with pytest.raises(LimitExceeded) as refused:
         limiter.admit(client)
     assert refused.value.limit == "max_concurrent_requests"
-    assert refused.value.code == "rate_limit_exceeded"
+    assert openai_error(refused.value).code == "rate_limit_exceeded"
     limiter.settle(first, 0, None)
     limiter.settle(first, 0, None)  # a second settle changes nothing
     assert usage(limiter)["max_concurrent_requests"] == 1
@@ -93,9 +95,11 @@ def test_images_per_day_reserves_then_counts_what_was_made() -> None:
     with pytest.raises(LimitExceeded) as refused:
         limiter.reserve(other, 5, None)
     assert refused.value.limit == "images_per_day"
-    assert refused.value.code == "insufficient_quota"
-    assert refused.value.headers["x-should-retry"] == "false"
-    assert refused.value.headers["retry-after"] == str(12 * 3600)  # until midnight UTC
+    assert openai_error(refused.value).code == "insufficient_quota"
+    assert openai_error(refused.value).headers["x-should-retry"] == "false"
+    assert openai_error(refused.value).headers["retry-after"] == str(
+        12 * 3600
+    )  # until midnight UTC
     assert "4 are left today" in refused.value.message
     limiter.settle(other, 0, None)
     # The held request made only 3 of its 6 images: 7 are left.
@@ -115,7 +119,7 @@ def test_the_day_starts_again_at_midnight_utc() -> None:
     limiter.reserve(before, 2, None)
     with pytest.raises(LimitExceeded) as refused:
         limiter.reserve(limiter.admit(client), 1, None)
-    assert refused.value.headers["retry-after"] == "30"
+    assert openai_error(refused.value).headers["retry-after"] == "30"
     clock.advance(31)
     # The request reserved before midnight ends after it: its images count for the new day,
     # and its old reservation is not subtracted from the new day's.

@@ -7,7 +7,7 @@ import io
 import pytest
 from PIL import Image
 
-from gateway.media import (
+from gateway.shape.media import (
     MAX_IMAGE_PIXELS,
     BadImage,
     decode_data_uri,
@@ -18,7 +18,7 @@ from gateway.media import (
     sniff_mime,
     to_data_uri,
 )
-from tests.hostile import bomb_png, corrupt_idat_png
+from tests.support.hostile import bomb_png, corrupt_idat_png
 
 PIL_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP", "image/gif": "GIF"}
 

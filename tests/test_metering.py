@@ -8,17 +8,16 @@ import json
 import shutil
 import subprocess
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import RunningGateway, upstream_toml
-from tests.fakes.upstreams import png_bytes
+from tests.support.fakes import png_bytes
+from tests.support.gateway import upstream_toml
+from tests.support.metrics import labels, of, samples, settled_metrics
 
 KEY_A = "sk-team-a-metering-0001"
 KEY_B = "sk-team-b-metering-0002"
@@ -34,38 +33,6 @@ PRICES_TOML = """
 # The identical-request cache would label requests hit/miss; these tests meter upstream
 # traffic, so it is off and every request reads cache="off".
 NO_CACHE_TOML = "\n[cache]\nenabled = false\n"
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def samples(text: str) -> Samples:
-    """Every sample of a /metrics answer, keyed by name and labels (no *_created)."""
-    out: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if not sample.name.endswith("_created"):
-                out[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return out
-
-
-def of(found: Samples, name: str) -> dict[frozenset[tuple[str, str]], float]:
-    """The samples of one metric name, by their label set."""
-    return {labels: value for (n, labels), value in found.items() if n == name}
-
-
-def labels(**kv: str) -> frozenset[tuple[str, str]]:
-    return frozenset(kv.items())
-
-
-def settled_metrics(gw: RunningGateway) -> Samples:
-    """/metrics once no request is in flight (a stream is metered as its last byte goes)."""
-    deadline = time.monotonic() + 30
-    while True:
-        found = samples(gw.metrics())
-        if found[("nano_banana_inflight_requests", frozenset())] == 0:
-            return found
-        assert time.monotonic() < deadline, "a request stayed in flight"
-        time.sleep(0.05)
 
 
 def usage_lines(path: Path) -> list[dict[str, Any]]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_KEY, CLIENT_KEY, CLIENTS_TOML, free_port, upstream_toml
+from tests.support.gateway import ADMIN_KEY, CLIENT_KEY, CLIENTS_TOML, free_port, upstream_toml
 
 METRICS_KEY = "metrics-key-0123456789"
 

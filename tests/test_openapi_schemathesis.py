@@ -13,7 +13,7 @@ from xml.etree import ElementTree
 import pytest
 from starlette.routing import Route
 
-from tests.conftest import ADMIN_KEY, CLIENT_KEY, CLIENTS_TOML, upstream_toml
+from tests.support.gateway import ADMIN_KEY, CLIENT_KEY, CLIENTS_TOML, upstream_toml
 
 CHECKS = ",".join(
     [

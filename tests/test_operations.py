@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import ADMIN_KEY, CLIENT_KEY, CLIENTS_TOML, upstream_toml
+from tests.support.gateway import ADMIN_KEY, CLIENT_KEY, CLIENTS_TOML, upstream_toml
 
 TOKENS = ["ace-SECRET-token-one", "ace-SECRET-token-two"]
 

@@ -12,7 +12,7 @@ import time
 import openai
 import pytest
 
-from tests.conftest import CLIENTS_TOML, upstream_toml
+from tests.support.gateway import CLIENTS_TOML, upstream_toml
 
 # The pool tests repeat one prompt to watch tokens take turns: the identical-request
 # cache would answer those repeats itself, so it is off here.

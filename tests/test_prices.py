@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.admission.prices import PriceList
 from gateway.config import ConfigError
-from gateway.prices import PriceList
-from tests.conftest import make_config
+from gateway.models import MODELS
+from tests.support.gateway import make_config
 
 BASE = '[[upstreams]]\nname = "m"\ntype = "mock"\n'
 
@@ -49,7 +50,7 @@ def test_estimates(
 
 def test_no_prices_means_unknown_costs() -> None:
     empty = PriceList(make_config(BASE).prices)
-    assert empty.empty
+    assert all(empty.per_image(m, r) is None for m in MODELS for r in ("1K", "2K", "4K"))
     assert empty.estimate("nano-banana", None, 1) is None
 
 

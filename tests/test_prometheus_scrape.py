@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import CLIENTS_TOML, free_port, upstream_toml
+from tests.support.gateway import CLIENTS_TOML, free_port, upstream_toml
 
 TEAM_B_KEY = "sk-team-b-0123456789"
 

@@ -15,8 +15,8 @@ import openai
 import pytest
 from PIL import Image
 
-from tests.conftest import CLIENT_KEY, CLIENTS_TOML, upstream_toml
-from tests.fakes.upstreams import jpeg_bytes, png_bytes, webp_bytes
+from tests.support.fakes import jpeg_bytes, png_bytes, webp_bytes
+from tests.support.gateway import CLIENT_KEY, CLIENTS_TOML, upstream_toml
 
 KINDS = ["acedata", "xhuoapi", "defapi"]
 DEFAPI_MODEL = {

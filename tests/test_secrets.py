@@ -22,9 +22,9 @@ import httpx
 import openai
 
 from gateway import logscrub
-from tests.conftest import ADMIN_KEY, CLIENT_KEY, CLIENTS_TOML, upstream_toml
-from tests.fakes.upstreams import png_bytes
-from tests.hostile import Handler, HostileServer, send
+from tests.support.fakes import png_bytes
+from tests.support.gateway import ADMIN_KEY, CLIENT_KEY, CLIENTS_TOML, upstream_toml
+from tests.support.hostile import Handler, HostileServer, send
 
 ACE_TOKENS = ["ace-SECRET-one-7f3a", "ace-SECRET-two-9c1d"]
 DEF_TOKEN = "def-SECRET-three-4e8b"

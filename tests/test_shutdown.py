@@ -14,7 +14,7 @@ import threading
 import httpx
 import openai
 
-from tests.conftest import CLIENT_KEY, CLIENTS_TOML, upstream_toml
+from tests.support.gateway import CLIENT_KEY, CLIENTS_TOML, upstream_toml
 
 
 def _in_background(fn) -> tuple[threading.Thread, dict[str, object]]:
@@ -136,7 +136,7 @@ def test_image_requests_work_when_the_app_runs_without_its_lifespan():
     from starlette.testclient import TestClient
 
     from gateway.app import create_app
-    from tests.conftest import make_config
+    from tests.support.gateway import make_config
 
     client = TestClient(create_app(make_config("")))
     for prompt in ("one", "two"):

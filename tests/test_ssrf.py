@@ -20,7 +20,7 @@ import openai
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from gateway.netguard import (
+from gateway.shape.netguard import (
     BlockedAddress,
     GuardedResolver,
     RefusedUrl,
@@ -28,8 +28,8 @@ from gateway.netguard import (
     is_public,
     parse_ip,
 )
-from tests.conftest import CLIENT_KEY, CLIENTS_TOML, upstream_toml
-from tests.hostile import HostileServer, ace_success, answer, png, redirect
+from tests.support.gateway import CLIENT_KEY, CLIENTS_TOML, upstream_toml
+from tests.support.hostile import HostileServer, ace_success, answer, png, redirect
 
 METADATA = "http://169.254.169.254/latest/meta-data/iam/security-credentials/"
 

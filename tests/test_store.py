@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.errors import GatewayError
-from gateway.store import ImageStore
+from gateway.api.errors import openai_error
+from gateway.errors import DomainError
+from gateway.shape.store import ImageStore
 
 
 def test_store_keeps_images_and_evicts_by_bytes():
@@ -20,9 +21,10 @@ def test_store_keeps_images_and_evicts_by_bytes():
 
 def test_store_refuses_an_image_larger_than_itself():
     store = ImageStore(max_bytes=100)
-    with pytest.raises(GatewayError) as info:
+    with pytest.raises(DomainError) as info:
         store.put(b"x" * 101, "image/png")
-    assert info.value.status == 502 and info.value.code == "image_too_large"
+    answer = openai_error(info.value)
+    assert answer.status == 502 and answer.code == "image_too_large"
 
 
 def test_store_entries_expire():

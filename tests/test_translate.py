@@ -11,20 +11,20 @@ from typing import Any
 
 import pytest
 
+from gateway.api.errors import openai_error as error_for
 from gateway.config import DEFAULT_ALIASES
-from gateway.errors import GatewayError
+from gateway.fanout import split_count
 from gateway.models import nearest_aspect_ratio, produced_size
 from gateway.translate import (
     build_job,
     default_response_format,
-    error_for,
     parse_size,
     resolution_for,
     resolve_model,
-    split_count,
 )
 from gateway.types import ImageRequest, Job, Output
 from gateway.upstreams.base import FailureKind, UpstreamError
+from tests.support.errors import raises_openai_error
 
 PNG_URI = "data:image/png;base64,iVBORw0KGgo="
 IMAGE_URL = "https://cdn.example.com/in.png"
@@ -116,7 +116,7 @@ def test_parse_size_accepts(size: str | None, expected: tuple[int, int] | None) 
     ],
 )
 def test_parse_size_rejects_with_400_on_size(size: str) -> None:
-    with pytest.raises(GatewayError) as caught:
+    with raises_openai_error() as caught:
         parse_size(size)
     assert caught.value.status == 400
     assert caught.value.param == "size"
@@ -263,7 +263,7 @@ def test_resolve_model_with_default_aliases(requested: str | None, expected: str
     ],
 )
 def test_resolve_model_unknown_is_404(requested: str) -> None:
-    with pytest.raises(GatewayError) as caught:
+    with raises_openai_error() as caught:
         resolve_model(requested, "nano-banana", DEFAULT_ALIASES)
     err = caught.value
     assert (err.status, err.code, err.param) == (404, "model_not_found", "model")
@@ -278,7 +278,7 @@ def test_resolve_model_configured_alias_wins_over_later_patterns() -> None:
 
 
 def test_resolve_model_without_aliases_rejects_openai_names() -> None:
-    with pytest.raises(GatewayError) as caught:
+    with raises_openai_error() as caught:
         resolve_model("gpt-image-1", "nano-banana", {})
     assert caught.value.status == 404
 
@@ -425,7 +425,7 @@ def test_split_count(n: int, per_call: int, expected: list[int]) -> None:
     ],
 )
 def test_build_job_rejects_with_400_naming_param(fields: dict[str, Any], param: str) -> None:
-    with pytest.raises(GatewayError) as caught:
+    with raises_openai_error() as caught:
         translate(request(**fields))
     err = caught.value
     assert err.status == 400
@@ -435,7 +435,7 @@ def test_build_job_rejects_with_400_naming_param(fields: dict[str, Any], param: 
 
 
 def test_build_job_unknown_model_is_404() -> None:
-    with pytest.raises(GatewayError) as caught:
+    with raises_openai_error() as caught:
         translate(request(model="stable-diffusion-xl"))
     assert (caught.value.status, caught.value.param) == (404, "model")
     assert caught.value.code == "model_not_found"
@@ -450,55 +450,55 @@ def test_build_job_unknown_model_is_404() -> None:
         pytest.param(
             {},
             Job("generate", "a banana on a table", "nano-banana"),
-            Output("url", model_label="nano-banana", expected_size=(1024, 1024)),
+            Output("url", expected_size=(1024, 1024)),
             id="all-defaults",
         ),
         pytest.param(
             {"model": "gpt-image-1", "size": "1536x1024", "n": 3, "quality": "high"},
             Job("generate", "a banana on a table", "nano-banana-2", 3, (), "3:2", "2K"),
-            Output("b64_json", model_label="nano-banana-2", expected_size=(2528, 1696)),
+            Output("b64_json", expected_size=(2528, 1696)),
             id="gpt-image-1-landscape",
         ),
         pytest.param(
             {"model": "gpt-image-1-mini", "size": "1024x1024"},
             Job("generate", "a banana on a table", "nano-banana", 1, (), "1:1", "1K"),
-            Output("b64_json", model_label="nano-banana", expected_size=(1024, 1024)),
+            Output("b64_json", expected_size=(1024, 1024)),
             id="gpt-image-1-mini-square",
         ),
         pytest.param(
             {"model": "dall-e-3", "size": "1792x1024"},
             Job("generate", "a banana on a table", "nano-banana-2", 1, (), "16:9", "2K"),
-            Output("url", model_label="nano-banana-2", expected_size=(2752, 1536)),
+            Output("url", expected_size=(2752, 1536)),
             id="dall-e-3-wide",
         ),
         pytest.param(
             {"model": "dall-e-3", "size": "1024x1792", "response_format": "b64_json"},
             Job("generate", "a banana on a table", "nano-banana-2", 1, (), "9:16", "2K"),
-            Output("b64_json", model_label="nano-banana-2", expected_size=(1536, 2752)),
+            Output("b64_json", expected_size=(1536, 2752)),
             id="dall-e-3-tall-b64",
         ),
         pytest.param(
             {"model": "dall-e-2", "size": "256x256", "n": 10},
             Job("generate", "a banana on a table", "nano-banana", 10, (), "1:1", "1K"),
-            Output("url", model_label="nano-banana", expected_size=(1024, 1024)),
+            Output("url", expected_size=(1024, 1024)),
             id="dall-e-2-legacy-small-n10",
         ),
         pytest.param(
             {"model": "nano-banana-pro:official", "size": "4096x2304"},
             Job("generate", "a banana on a table", "nano-banana-pro:official", 1, (), "16:9", "4K"),
-            Output("url", model_label="nano-banana-pro:official", expected_size=(5504, 3072)),
+            Output("url", expected_size=(5504, 3072)),
             id="pro-official-4K",
         ),
         pytest.param(
             {"model": "nano-banana", "size": "1024x768"},
             Job("generate", "a banana on a table", "nano-banana", 1, (), "4:3", "1K"),
-            Output("url", model_label="nano-banana", expected_size=(1184, 864)),
+            Output("url", expected_size=(1184, 864)),
             id="flash-4-3",
         ),
         pytest.param(
             {"model": "nano-banana-2", "size": "auto", "background": "opaque", "stream": True},
             Job("generate", "a banana on a table", "nano-banana-2"),
-            Output("url", stream=True, model_label="nano-banana-2", expected_size=(1024, 1024)),
+            Output("url", stream=True, expected_size=(1024, 1024)),
             id="size-auto-stream",
         ),
         pytest.param(
@@ -512,7 +512,6 @@ def test_build_job_unknown_model_is_404() -> None:
                 "b64_json",
                 output_format="jpeg",
                 output_compression=70,
-                model_label="nano-banana-2",
                 expected_size=(1024, 1024),
             ),
             id="jpeg-with-b64",
@@ -524,7 +523,6 @@ def test_build_job_unknown_model_is_404() -> None:
                 "b64_json",
                 output_format="jpeg",
                 output_compression=0,
-                model_label="nano-banana",
                 expected_size=(1024, 1024),
             ),
             id="jpg-spelling-becomes-jpeg",
@@ -536,7 +534,6 @@ def test_build_job_unknown_model_is_404() -> None:
                 "b64_json",
                 output_format="webp",
                 output_compression=100,
-                model_label="nano-banana",
                 expected_size=(1024, 1024),
             ),
             id="webp-compression-100",
@@ -544,9 +541,7 @@ def test_build_job_unknown_model_is_404() -> None:
         pytest.param(
             {"response_format": "url", "output_format": "png"},
             Job("generate", "a banana on a table", "nano-banana"),
-            Output(
-                "url", output_format="png", model_label="nano-banana", expected_size=(1024, 1024)
-            ),
+            Output("url", output_format="png", expected_size=(1024, 1024)),
             id="png-with-url",
         ),
         pytest.param(
@@ -557,7 +552,7 @@ def test_build_job_unknown_model_is_404() -> None:
                 "first_image_size": (1200, 896),
             },
             Job("edit", "a banana on a table", "nano-banana-2", 1, (PNG_URI, IMAGE_URL)),
-            Output("b64_json", model_label="nano-banana-2", expected_size=(1200, 896)),
+            Output("b64_json", expected_size=(1200, 896)),
             id="edit-keeps-first-image-ratio",
         ),
         pytest.param(
@@ -569,7 +564,7 @@ def test_build_job_unknown_model_is_404() -> None:
                 "n": 2,
             },
             Job("edit", "a banana on a table", "nano-banana", 2, (PNG_URI,)),
-            Output("url", model_label="nano-banana", expected_size=(1248, 832)),
+            Output("url", expected_size=(1248, 832)),
             id="edit-flash-3-2",
         ),
         pytest.param(
@@ -581,19 +576,19 @@ def test_build_job_unknown_model_is_404() -> None:
                 "size": "2048x2048",
             },
             Job("edit", "a banana on a table", "nano-banana-pro", 1, (PNG_URI,), "1:1", "2K"),
-            Output("url", model_label="nano-banana-pro", expected_size=(2048, 2048)),
+            Output("url", expected_size=(2048, 2048)),
             id="edit-size-same-ratio",
         ),
         pytest.param(
             {"endpoint": "edits", "images": (IMAGE_URL,)},
             Job("edit", "a banana on a table", "nano-banana", 1, (IMAGE_URL,)),
-            Output("url", model_label="nano-banana", expected_size=None),
+            Output("url", expected_size=None),
             id="edit-url-image-size-unknown",
         ),
         pytest.param(
             {"endpoint": "edits", "images": (IMAGE_URL,), "size": "1536x1024", "model": "dall-e-3"},
             Job("edit", "a banana on a table", "nano-banana-2", 1, (IMAGE_URL,), "3:2", "2K"),
-            Output("url", model_label="nano-banana-2", expected_size=None),
+            Output("url", expected_size=None),
             id="edit-url-image-with-size",
         ),
     ],

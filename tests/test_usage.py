@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import ConfigError
-from gateway.usage import UsageLog, timestamp
+from gateway.metering.usage import UsageLog, timestamp
 
 
 def test_file_lines_survive_logrotate(tmp_path: Path) -> None:

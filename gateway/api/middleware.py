@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import GatewayError
+from ..errors import ShuttingDown
 from ..shutdown import Shutdown
+from .errors import openai_error
 from .responses import error_event, error_response
 
 
@@ -39,15 +40,7 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
-def _shutting_down() -> GatewayError:
-    return GatewayError(
-        503,
-        "The gateway is shutting down and could not finish this request in time; "
-        "retry it (another instance will take it).",
-        type="server_error",
-        code="server_shutting_down",
-        headers={"retry-after": "1", "connection": "close"},
-    )
+_SHUTTING_DOWN = openai_error(ShuttingDown())
 
 
 class ShutdownMiddleware:
@@ -65,7 +58,7 @@ class ShutdownMiddleware:
             await self.app(scope, receive, send)
             return
         if self.shutdown.begun:
-            await error_response(_shutting_down())(scope, receive, send)
+            await error_response(_SHUTTING_DOWN)(scope, receive, send)
             return
 
         started = finished = cut = False
@@ -99,7 +92,7 @@ class ShutdownMiddleware:
             await work
         if finished:
             return
-        err = _shutting_down()
+        err = _SHUTTING_DOWN
         if not started:
             await error_response(err)(scope, receive, send)
         elif streaming:

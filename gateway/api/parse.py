@@ -1,96 +1,84 @@
-"""The OpenAI request on the wire -> ImageRequest, with a 400 naming the parameter for
-anything malformed.
+"""The OpenAI request on the wire -> ImageRequest, or an InvalidParameter naming the
+parameter for anything malformed.
 
 Generations arrive as JSON (SDKs send null for unset fields: null means default). Edits
 arrive as multipart (`image`, `image[]` or repeated `image` parts, order kept; raw bytes
 often typed application/octet-stream, so the bytes decide the type) or as JSON with
-`images: [{"image_url": ...}]`.
+`images: [{"image_url": ...}]`. Which fields each takes, of what type, with which allowed
+values and bounds, is read from `gateway/fields.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.types import Message
 
-from ..errors import GatewayError, invalid
-from ..media import BadImage, decode_data_uri, inspect_image, to_data_uri
-from ..netguard import RefusedUrl, UrlPolicy
+from ..errors import BodyTooLarge, InvalidParameter, invalid
+from ..fields import BY_NAME, EDITS, FIELDS, FILE, GENERATIONS, JSON, MAX_IMAGES, Field, names
+from ..http import TooLarge, declared_too_large, read_capped
+from ..shape.media import BadImage, decode_data_uri, inspect_image, to_data_uri
+from ..shape.netguard import RefusedUrl, UrlPolicy
 from ..types import ImageRequest
 
-MAX_PROMPT = 32000
-MAX_IMAGES = 16
-_QUALITIES = ("auto", "low", "medium", "high", "xhigh", "max", "standard", "hd")
-_BACKGROUNDS = ("auto", "opaque", "transparent")
+_GENERATION_FIELDS = names(GENERATIONS, JSON)
+_EDIT_JSON_FIELDS = names(EDITS, JSON)
+# A multipart text part may carry the name of any field an edit takes; `images` (the JSON
+# form's list) is read by nothing there, so such a part is ignored.
+_EDIT_PART_NAMES = names(EDITS)
+# The parts that may be files: `mask`, and the rest are images.
+_FILE_PARTS = names(EDITS, FILE)
+# The fields every request is checked for, in the order they are checked.
+_SCALARS = tuple(f for f in FIELDS if f.scalar)
+_REQUEST_KEYS = frozenset(f.name for f in dataclasses.fields(ImageRequest))
 
-# Fields OpenAI defines that do not change the picture here; accepted and ignored.
-_IGNORED = {
-    "user",
-    "safety_identifier",
-    "moderation",
-    "style",
-    "input_fidelity",
-    "partial_images",
-    "prompt_cache_key",
-    "markup",
+_TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "string": lambda v: isinstance(v, str),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool),
 }
-_GENERATION_FIELDS = {
-    "prompt",
-    "model",
-    "n",
-    "size",
-    "quality",
-    "response_format",
-    "output_format",
-    "output_compression",
-    "background",
-    "stream",
-} | _IGNORED
-_EDIT_FIELDS = _GENERATION_FIELDS | {"image", "image[]", "images", "mask"}
+_TYPE_WORDS = {"string": "a string", "integer": "an integer", "boolean": "true or false"}
+
+
+def _one_of(f: Field, value: Any) -> str:
+    return f"Invalid {f.name} '{value}': one of {', '.join(f.enum)}."
+
+
+def _either(f: Field, value: Any) -> str:
+    return f"Invalid {f.name} '{value}': {', '.join(f.enum[:-1])} or {f.enum[-1]}."
+
+
+# How a value outside a field's allowed ones is refused, where it is not `_one_of`.
+_ENUM_MESSAGES: dict[str, Callable[[Field, Any], str]] = {"background": _either}
 
 
 # A generation body is a prompt and a few scalars: 32k characters fit well inside this.
 MAX_GENERATION_BODY = 1024 * 1024
-# Per image when nothing else is said (the upstreams refuse larger ones).
-DEFAULT_IMAGE_BYTES = 10 * 1024 * 1024
-_DEFAULT_POLICY = UrlPolicy()
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The raw body, refused with 413 as soon as it grows past max_bytes."""
-    _check_declared_length(request, max_bytes)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise _too_large(max_bytes)
-        chunks.append(chunk)
-    return b"".join(chunks)
+    """The raw body, refused with BodyTooLarge as soon as it grows past max_bytes."""
+    declared = request.headers.get("content-length")
+    try:
+        return await read_capped(request.stream(), max_bytes, declared=declared)
+    except TooLarge:
+        raise BodyTooLarge(max_bytes) from None
 
 
 def _check_declared_length(request: Request, max_bytes: int) -> None:
     """Refuse a body whose Content-Length is already too large, before reading any of it."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
-        raise _too_large(max_bytes)
-
-
-def _too_large(max_bytes: int) -> GatewayError:
-    return GatewayError(
-        413,
-        f"The request body is larger than this gateway accepts ({max_bytes} bytes).",
-        code="request_too_large",
-    )
+    if declared_too_large(request.headers.get("content-length"), max_bytes):
+        raise BodyTooLarge(max_bytes)
 
 
 async def read_json(request: Request, max_bytes: int = MAX_GENERATION_BODY) -> Mapping[str, Any]:
-    """The body as a JSON object, or a 400/413 that says so."""
+    """The body as a JSON object, or an InvalidParameter / BodyTooLarge that says so."""
     body = await read_body(request, max_bytes)
     try:
         data = json.loads(body)
@@ -111,15 +99,13 @@ def parse_generation(data: Mapping[str, Any]) -> ImageRequest:
     return ImageRequest(endpoint="generations", **_common_fields(data))
 
 
-async def parse_edit(request: Request, *, max_bytes: int) -> ImageRequest:
+async def parse_edit(request: Request, *, max_bytes: int, policy: UrlPolicy) -> ImageRequest:
     """A /v1/images/edits body (multipart or JSON) -> ImageRequest.
 
     `max_bytes` bounds each image; the whole body may carry MAX_IMAGES of them. Image URLs
-    obey the app's network policy (`app.state.url_policy`, set by create_app).
+    must be allowed by `policy`.
     """
     content_type = request.headers.get("content-type", "")
-    app = request.scope.get("app")
-    policy = getattr(getattr(app, "state", None), "url_policy", None) or _DEFAULT_POLICY
     if content_type.startswith("application/json"):
         # Room for the most images an edit may carry, base64-inflated, plus the fields.
         data = await read_json(request, MAX_IMAGES * max_bytes * 4 // 3 + MAX_GENERATION_BODY)
@@ -138,7 +124,7 @@ async def parse_edit(request: Request, *, max_bytes: int) -> ImageRequest:
         form = await _capped(request, limit).form(
             max_files=MAX_IMAGES + 2, max_fields=100, max_part_size=1024 * 1024
         )
-    except GatewayError:
+    except BodyTooLarge:
         raise
     except Exception as exc:  # malformed multipart: python-multipart raises several types
         detail = str(getattr(exc, "detail", "") or exc)
@@ -152,7 +138,8 @@ async def parse_edit(request: Request, *, max_bytes: int) -> ImageRequest:
 
 
 def _capped(request: Request, limit: int) -> Request:
-    """The same request, whose body reading fails with 413 once it passes `limit` bytes."""
+    """The same request, whose body reading fails with BodyTooLarge once it passes `limit`
+    bytes."""
     receive = request.receive
     received = 0
 
@@ -162,43 +149,27 @@ def _capped(request: Request, limit: int) -> Request:
         if message["type"] == "http.request":
             received += len(message.get("body", b""))
             if received > limit:
-                raise _too_large(limit)
+                raise BodyTooLarge(limit)
         return message
 
     return Request(request.scope, capped_receive)
 
 
-def parse_edit_json(
-    data: Mapping[str, Any],
-    *,
-    max_bytes: int = DEFAULT_IMAGE_BYTES,
-    policy: UrlPolicy = _DEFAULT_POLICY,
-) -> ImageRequest:
+def parse_edit_json(data: Mapping[str, Any], *, max_bytes: int, policy: UrlPolicy) -> ImageRequest:
     """The JSON form of an edit: images as [{"image_url": ...}]."""
-    _reject_unknown(data, _EDIT_FIELDS - {"image", "image[]"})
+    _reject_unknown(data, _EDIT_JSON_FIELDS)
     images_raw = data.get("images")
     if not isinstance(images_raw, list) or not images_raw:
-        raise invalid("images", "'images' must be a list of 1 to 16 {\"image_url\": ...} objects.")
+        raise invalid(
+            "images",
+            f"'images' must be a list of 1 to {MAX_IMAGES} {{\"image_url\": ...}} objects.",
+        )
     if len(images_raw) > MAX_IMAGES:
         raise invalid("images", f"At most {MAX_IMAGES} images per edit.")
     images: list[str] = []
     first_size: tuple[int, int] | None = None
     for i, item in enumerate(images_raw):
-        where = f"images[{i}]"
-        if not isinstance(item, dict):
-            raise invalid(where, f"'{where}' must be an object with 'image_url'.")
-        if "file_id" in item and "image_url" not in item:
-            raise invalid(
-                f"{where}.file_id",
-                "File ids are not supported by this gateway; send 'image_url' (an https URL "
-                "or a data: URI) instead.",
-            )
-        url = item.get("image_url")
-        if isinstance(url, dict):  # {"image_url": {"url": ...}} as chat-style clients send
-            url = url.get("url")
-        if not isinstance(url, str) or not url:
-            raise invalid(f"{where}.image_url", f"'{where}.image_url' must be a URL or data: URI.")
-        ref, size = _image_reference(url, f"{where}.image_url", max_bytes, policy)
+        ref, size = _json_image(f"images[{i}]", item, max_bytes, policy)
         images.append(ref)
         if i == 0:
             first_size = size
@@ -213,6 +184,26 @@ def parse_edit_json(
     )
 
 
+def _json_image(
+    where: str, item: Any, max_bytes: int, policy: UrlPolicy
+) -> tuple[str, tuple[int, int] | None]:
+    """One of the JSON form's images: {"image_url": ...}."""
+    if not isinstance(item, dict):
+        raise invalid(where, f"'{where}' must be an object with 'image_url'.")
+    if "file_id" in item and "image_url" not in item:
+        raise invalid(
+            f"{where}.file_id",
+            "File ids are not supported by this gateway; send 'image_url' (an https URL "
+            "or a data: URI) instead.",
+        )
+    url = item.get("image_url")
+    if isinstance(url, dict):  # {"image_url": {"url": ...}} as chat-style clients send
+        url = url.get("url")
+    if not isinstance(url, str) or not url:
+        raise invalid(f"{where}.image_url", f"'{where}.image_url' must be a URL or data: URI.")
+    return _image_reference(url, f"{where}.image_url", max_bytes, policy)
+
+
 async def _edit_from_form(
     items: list[tuple[str, Any]], max_bytes: int, policy: UrlPolicy
 ) -> ImageRequest:
@@ -221,28 +212,18 @@ async def _edit_from_form(
     first_size: tuple[int, int] | None = None
     mask = False
     for name, value in items:
-        if name in ("image", "image[]"):
+        if name in _FILE_PARTS and name != "mask":
             if len(images) >= MAX_IMAGES:
                 raise invalid("image", f"At most {MAX_IMAGES} images per edit.")
-            where = "image"
-            if isinstance(value, UploadFile):
-                ref, size = await _upload_to_data_uri(value, where, max_bytes)
-            else:
-                ref, size = await asyncio.to_thread(
-                    _image_reference, str(value), where, max_bytes, policy
-                )
+            ref, size = await _image_part(value, max_bytes, policy)
             if not images:
                 first_size = size
             images.append(ref)
         elif name == "mask":
             mask = isinstance(value, UploadFile) or bool(value)
-        elif isinstance(value, UploadFile):
-            raise invalid(name, f"'{name}' must be a text field, not a file.")
-        elif name in scalars:
-            raise invalid(name, f"'{name}' was sent more than once.")
         else:
-            scalars[name] = value
-    _reject_unknown(scalars, _EDIT_FIELDS)
+            _add_text_part(scalars, name, value)
+    _reject_unknown(scalars, _EDIT_PART_NAMES)
     converted = {k: _from_form(k, v) for k, v in scalars.items()}
     if not images:
         raise invalid("image", "An edit needs at least one image: send it as 'image' or 'image[]'.")
@@ -253,6 +234,23 @@ async def _edit_from_form(
         mask=mask,
         **_common_fields(converted),
     )
+
+
+async def _image_part(
+    value: Any, max_bytes: int, policy: UrlPolicy
+) -> tuple[str, tuple[int, int] | None]:
+    """An image part: a file, or text holding a URL or data: URI."""
+    if isinstance(value, UploadFile):
+        return await _upload_to_data_uri(value, "image", max_bytes)
+    return await asyncio.to_thread(_image_reference, str(value), "image", max_bytes, policy)
+
+
+def _add_text_part(scalars: dict[str, Any], name: str, value: Any) -> None:
+    if isinstance(value, UploadFile):
+        raise invalid(name, f"'{name}' must be a text field, not a file.")
+    if name in scalars:
+        raise invalid(name, f"'{name}' was sent more than once.")
+    scalars[name] = value
 
 
 async def _upload_to_data_uri(
@@ -271,7 +269,7 @@ async def _upload_to_data_uri(
     return to_data_uri(data, info.mime), info.size
 
 
-def _image_too_large(where: str, what: str, max_bytes: int) -> GatewayError:
+def _image_too_large(where: str, what: str, max_bytes: int) -> InvalidParameter:
     limit = f"{max_bytes // (1024 * 1024)} MB" if max_bytes >= 1024 * 1024 else f"{max_bytes} bytes"
     return invalid(where, f"{what} is larger than {limit}.", code="image_too_large")
 
@@ -313,77 +311,86 @@ def _image_reference(
 
 def _from_form(name: str, value: str) -> Any:
     """Multipart scalars are text: turn them into what the JSON form would carry."""
-    if name in ("n", "output_compression", "partial_images"):
+    types = BY_NAME[name].types
+    if "integer" in types:
         try:
             return int(value)
         except ValueError:
             raise invalid(name, f"'{name}' must be a whole number, got '{value}'.") from None
-    if name == "stream":
+    if "boolean" in types:
         if value.lower() in ("true", "1"):
             return True
         if value.lower() in ("false", "0", ""):
             return False
-        raise invalid("stream", f"'stream' must be true or false, got '{value}'.")
+        raise invalid(name, f"'{name}' must be true or false, got '{value}'.")
     return value
 
 
-def _reject_unknown(data: Mapping[str, Any], allowed: set[str]) -> None:
+def _reject_unknown(data: Mapping[str, Any], allowed: frozenset[str]) -> None:
     for key in data:
         if key not in allowed:
             raise invalid(key, f"Unrecognized request argument supplied: {key}")
 
 
 def _common_fields(data: Mapping[str, Any]) -> dict[str, Any]:
-    prompt = data.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise invalid("prompt", "'prompt' is required and must be a non-empty string.")
-    if len(prompt) > MAX_PROMPT:
-        raise invalid("prompt", f"'prompt' is too long: at most {MAX_PROMPT} characters.")
-    quality = _opt_str(data, "quality")
-    if quality is not None and quality not in _QUALITIES:
-        raise invalid("quality", f"Invalid quality '{quality}': one of {', '.join(_QUALITIES)}.")
-    background = _opt_str(data, "background")
-    if background is not None and background not in _BACKGROUNDS:
-        raise invalid(
-            "background", f"Invalid background '{background}': auto, opaque or transparent."
-        )
-    stream = data.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise invalid("stream", "'stream' must be true or false.")
-    partial = _opt_int(data, "partial_images")
-    if partial is not None and not 0 <= partial <= 3:
-        raise invalid("partial_images", "'partial_images' must be between 0 and 3.")
-    for key in ("user", "safety_identifier", "moderation", "style"):
-        _opt_str(data, key)
-    return {
-        "prompt": prompt,
-        "model": _opt_str(data, "model"),
-        "n": _opt_int(data, "n"),
-        "size": _opt_str(data, "size"),
-        "quality": quality,
-        "response_format": _opt_str(data, "response_format"),
-        "output_format": _opt_str(data, "output_format"),
-        "output_compression": _opt_int(data, "output_compression"),
-        "background": background,
-        "stream": bool(stream),
-        "partial_images": partial,
-        "user": _opt_str(data, "user"),
-    }
+    """Every scalar field checked, in declaration order; those ImageRequest carries, when
+    sent (not sent or null: the ImageRequest default)."""
+    values = {f.name: _checked(f, data.get(f.name)) for f in _SCALARS}
+    return {k: v for k, v in values.items() if k in _REQUEST_KEYS and v is not None}
 
 
-def _opt_str(data: Mapping[str, Any], key: str) -> str | None:
-    value = data.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise invalid(key, f"'{key}' must be a string.")
+def _checked(f: Field, value: Any) -> Any:
+    """A field's value after its type, allowed values and bounds are checked."""
+    if f.required:
+        _check_required(f, value)
+    elif value is None or not f.types:
+        return value
+    elif not _is_type(f, value):
+        raise invalid(f.name, f"'{f.name}' must be {_type_words(f)}.")
+    if not f.checked_on_translation:
+        _check_value(f, value)
     return value
 
 
-def _opt_int(data: Mapping[str, Any], key: str) -> int | None:
-    value = data.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise invalid(key, f"'{key}' must be an integer.")
-    return value
+def _is_type(f: Field, value: Any) -> bool:
+    return not f.types or any(_TYPE_CHECKS[t](value) for t in f.types)
+
+
+def _type_words(f: Field) -> str:
+    return " or ".join(_TYPE_WORDS[t] for t in f.types)
+
+
+def _check_required(f: Field, value: Any) -> None:
+    blank = isinstance(value, str) and not value.strip()
+    if value is None or blank or not _is_type(f, value):
+        what = "a non-empty string" if f.types == ("string",) else _type_words(f)
+        raise invalid(f.name, f"'{f.name}' is required and must be {what}.")
+
+
+def _check_value(f: Field, value: Any) -> None:
+    """The declared allowed values and bounds (the type is already right)."""
+    if f.enum and value not in f.enum:
+        raise invalid(f.name, _ENUM_MESSAGES.get(f.name, _one_of)(f, value))
+    if isinstance(value, str):
+        _check_length(f, value)
+    elif _outside(value, f.minimum, f.maximum):
+        raise invalid(f.name, f"'{f.name}' must be {_range(f)}.")
+
+
+def _check_length(f: Field, value: str) -> None:
+    if f.min_length is not None and len(value) < f.min_length:
+        raise invalid(f.name, f"'{f.name}' is too short: at least {f.min_length} characters.")
+    if f.max_length is not None and len(value) > f.max_length:
+        raise invalid(f.name, f"'{f.name}' is too long: at most {f.max_length} characters.")
+
+
+def _outside(value: int, low: int | None, high: int | None) -> bool:
+    return (low is not None and value < low) or (high is not None and value > high)
+
+
+def _range(f: Field) -> str:
+    if f.minimum is None:
+        return f"at most {f.maximum}"
+    if f.maximum is None:
+        return f"at least {f.minimum}"
+    return f"between {f.minimum} and {f.maximum}"

@@ -11,14 +11,13 @@ from typing import Any
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from ..errors import GatewayError
-from ..store import ImageStore
+from ..shape.media import MIME_OUTPUT
+from ..shape.store import ImageStore
 from ..types import ImagesResult, Output, ProducedImage
+from .errors import OpenAIError
 
-_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp"}
 
-
-def error_response(err: GatewayError, request_id: str | None = None) -> JSONResponse:
+def error_response(err: OpenAIError, request_id: str | None = None) -> JSONResponse:
     """An OpenAI error body with the error's status and headers."""
     headers = dict(err.headers)
     if request_id:
@@ -47,8 +46,8 @@ def _size_text(image: ProducedImage) -> str | None:
 
 
 def _format_of(image: ProducedImage, output: Output) -> str:
-    if image.mime in _FORMATS:
-        return _FORMATS[image.mime]
+    if image.mime in MIME_OUTPUT:
+        return MIME_OUTPUT[image.mime]
     return output.output_format or "png"
 
 
@@ -93,7 +92,7 @@ def completed_event(kind: str, image: ProducedImage, output: Output, created: in
     return sse(f"{kind}.completed", payload)
 
 
-def error_event(err: GatewayError) -> str:
+def error_event(err: OpenAIError) -> str:
     """An SSE error the SDK raises on (it raises for any data with a non-empty 'error')."""
     return sse("error", {"type": "error", **err.body()})
 

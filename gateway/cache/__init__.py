@@ -1,7 +1,7 @@
 """Identical requests pay once: an in-process (optionally Redis-shared) cache of results,
 and coalescing of identical requests in flight."""
 
-from .key import CachePolicy, policy_for
+from .key import CachePolicy
 from .layer import ImageCache
 
-__all__ = ["CachePolicy", "ImageCache", "policy_for"]
+__all__ = ["CachePolicy", "ImageCache"]

@@ -1,4 +1,5 @@
-"""What makes two requests "the same picture", and what the caller allows the cache to do.
+"""What makes two requests "the same picture", and what the caller allows the cache to do
+(the API layer reads that from Cache-Control: api/headers.py).
 
 Pure functions: the key is a digest of everything that changes the images (action, model
 after aliasing, prompt, aspect ratio, resolution, n, output encoding and the content of
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -37,29 +38,6 @@ class CachePolicy:
     @property
     def store(self) -> bool:
         return self.mode != "bypass"
-
-
-_USE = CachePolicy("use")
-
-
-def policy_for(headers: Mapping[str, str], *, client_allows: bool) -> CachePolicy:
-    """The caller's Cache-Control (and HTTP/1.0 Pragma) as a cache policy.
-
-    `no-store` wins over `no-cache`; `max-age=0` asks for a fresh answer like `no-cache`.
-    """
-    if not client_allows:
-        return CachePolicy("bypass")
-    if "cache-control" not in headers and "pragma" not in headers:
-        return _USE  # what nearly every request sends: nothing
-    directives = [
-        d.strip().lower().replace(" ", "") for d in headers.get("cache-control", "").split(",")
-    ]
-    if any(d.startswith("no-store") for d in directives):
-        return CachePolicy("bypass")
-    fresh = any(d.startswith("no-cache") or d == "max-age=0" for d in directives)
-    if fresh or headers.get("pragma", "").strip().lower() == "no-cache":
-        return CachePolicy("refresh")
-    return CachePolicy("use")
 
 
 def cache_key(job: Job, output: Output, image_digests: Sequence[str]) -> str:

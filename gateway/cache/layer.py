@@ -4,7 +4,7 @@
             -> in-process entry? -> shared (Redis) entry?          -> hit
             -> an identical request in flight here?                -> coalesced
             -> [Redis] another replica's flight for the key?       -> coalesced
-            -> make it (ImageService), store it if complete        -> miss
+            -> make it (the producer: fanout.FanOut), store if complete -> miss
 
 Errors are never stored. A result with fewer images than asked (allowed partial) is handed
 back but not stored. Redis trouble only ever means "use the in-process cache".
@@ -18,18 +18,15 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from ..config import CacheConfig
-from ..errors import GatewayError
-from ..fetch import Fetcher
-from ..media import decode_data_uri
-from ..metrics import Metrics
-from ..service import ImageService
-from ..translate import split_count
-from ..types import CacheResult, ImagesResult, Job, Output, ProducedImage
+from ..errors import DomainError
+from ..shape.fetch import Fetcher
+from ..shape.media import decode_data_uri
+from ..types import Attempt, CacheResult, ImagesResult, Job, Output, ProducedImage
 from .entry import Entry, entry_from_result
 from .flights import Flights
 from .key import CachePolicy, cache_key
@@ -43,39 +40,57 @@ _POLL_FIRST = 0.05
 _POLL_MAX = 0.5
 
 
+class Producer(Protocol):
+    """What the cache needs of whatever makes the images (fanout.FanOut)."""
+
+    async def make(self, job: Job, output: Output, *, allow_partial: bool) -> ImagesResult:
+        """All of the job's images, or (only if allowed) the ones that could be made."""
+        ...
+
+    async def shape(self, link: str, output: Output) -> ProducedImage:
+        """One upstream image link in the form an answer needs."""
+        ...
+
+    def calls_for(self, job: Job) -> int:
+        """Upstream calls the job takes: what a stored answer saves."""
+        ...
+
+
 @dataclass(frozen=True)
 class _Made:
-    """What a flight hands its waiters: the entry, and how the flight got it."""
+    """What a flight hands its waiters: the entry, how the flight got it, and the upstream
+    attempts it made."""
 
     entry: Entry
     how: CacheResult  # miss (made it), hit (found it), coalesced (another replica made it)
+    attempts: list[Attempt] = field(default_factory=list)
 
 
 class ImageCache:
-    """Runs image jobs through the cache."""
+    """Runs image jobs through the cache. `on_evict(reason)` and `on_redis_error(operation)`
+    are told of what happens inside it (for metrics)."""
 
     def __init__(
         self,
         config: CacheConfig,
-        service: ImageService,
+        producer: Producer,
         fetcher: Fetcher,
-        metrics: Metrics,
         *,
         deadline_seconds: float,
+        on_evict: Callable[[str], None] = lambda reason: None,
+        on_redis_error: Callable[[str], None] = lambda operation: None,
     ) -> None:
         self.config = config
-        self._service = service
+        self._producer = producer
         self._fetcher = fetcher
-        self._metrics = metrics
         self._deadline = deadline_seconds
         self.enabled = config.enabled and config.ttl_seconds > 0 and config.max_entries > 0
-        self._evictions: dict[str, Any] = {}
         self._local = LocalStore(
             max_bytes=config.max_bytes,
             max_entries=config.max_entries,
             ttl=config.ttl_seconds,
             url_ttl=config.url_ttl_seconds,
-            on_evict=self._count_eviction,
+            on_evict=on_evict,
         )
         self._flights: Flights[_Made] = Flights()
         self._shared: SharedStore | None = None
@@ -84,16 +99,8 @@ class ImageCache:
                 config.redis_url,
                 prefix=config.redis_prefix,
                 timeout=config.redis_timeout_seconds,
-                on_error=lambda op: metrics.cache_redis_errors.labels(op).inc(),
+                on_error=on_redis_error,
             )
-        metrics.watch_cache(self)
-
-    def _count_eviction(self, reason: str) -> None:
-        # Resolved once per reason: evictions happen on most stores of a full cache.
-        counter = self._evictions.get(reason)
-        if counter is None:
-            counter = self._evictions[reason] = self._metrics.cache_evictions.labels(reason)
-        counter.inc()
 
     @property
     def nbytes(self) -> int:
@@ -122,14 +129,14 @@ class ImageCache:
     ) -> ImagesResult:
         """The images for job, from the cache when allowed; result.cache says how."""
         if not self.enabled:
-            result = await self._service.make(job, output, allow_partial=allow_partial)
+            result = await self._producer.make(job, output, allow_partial=allow_partial)
             result.cache = "off"
             return result
         key = await self._key(job, output) if policy.store else None
         if key is None:
-            return self._counted(
-                await self._service.make(job, output, allow_partial=allow_partial), "bypass"
-            )
+            result = await self._producer.make(job, output, allow_partial=allow_partial)
+            result.cache = "bypass"
+            return result
 
         if policy.lookup:
             hit = await self._hit(key, output)
@@ -147,7 +154,12 @@ class ImageCache:
         # says, so every image has a link or bytes and the entry always serves.
         served = await self._serve(made.entry, output, links_fresh=True)
         assert served is not None
-        return self._counted(served, how, made.entry)
+        served.cache = how
+        if how in ("hit", "coalesced"):
+            served.calls_saved = made.entry.calls
+        else:
+            served.attempts = made.attempts  # this request's own flight made them
+        return served
 
     async def stored(self, job: Job, output: Output, policy: CachePolicy) -> ImagesResult | None:
         """A stored answer for job, without making anything: None when there is none.
@@ -162,25 +174,10 @@ class ImageCache:
         there is none (or its links aged out with no bytes held)."""
         found = await self._lookup(key)
         served = await self._serve(found, output) if found is not None else None
-        return self._counted(served, "hit", found) if served is not None else None
-
-    def _counted(
-        self, result: ImagesResult, how: CacheResult, entry: Entry | None = None
-    ) -> ImagesResult:
-        """Mark and count how the cache answered; a hit or a coalesced wait saved the
-        upstream calls the entry took to make."""
-        result.cache = how
-        self._metrics.cache_requests.labels(how).inc()
-        if entry is not None and how in ("hit", "coalesced"):
-            self._metrics.cache_calls_saved.inc(entry.calls)
-        return result
-
-    def _calls_for(self, job: Job) -> int:
-        try:
-            per_call = self._service.pool.max_count_per_call(job)
-        except ValueError:  # no upstream can serve it any more
-            per_call = job.count
-        return len(split_count(job.count, max(per_call, 1)))
+        if found is None or served is None:
+            return None
+        served.cache, served.calls_saved = "hit", found.calls
+        return served
 
     # ------------------------------------------------------------------ keys
 
@@ -208,7 +205,7 @@ class ImageCache:
             # A link's content may change behind the same URL: the key needs the bytes.
             try:
                 data, _info = await self._fetcher.get(image, decode=False)
-            except GatewayError:
+            except DomainError:
                 return None
         if len(data) > 1 << 20:
             return await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
@@ -240,7 +237,7 @@ class ImageCache:
         no bytes are held)."""
         now = time.time()
         fresh = links_fresh or entry.link_fresh(now, self.config.url_ttl_seconds)
-        wants_bytes = output.response_format == "b64_json" or output.stream
+        wants_bytes = output.wants_bytes
         images: list[ProducedImage] = []
         for img in entry.images:
             link = img.url if fresh else None
@@ -249,7 +246,7 @@ class ImageCache:
             elif link is not None and not wants_bytes:
                 images.append(ProducedImage(url=link, size=img.size))
             elif link is not None:
-                images.append(await self._service.shape(link, output))
+                images.append(await self._producer.shape(link, output))
             else:
                 return None
         return ImagesResult(
@@ -277,7 +274,7 @@ class ImageCache:
             return found
         try:
             made = await self._produce(key, job, output, allow_partial)
-        except GatewayError as err:
+        except DomainError as err:
             await self._quietly(shared.finish(lock_key, flight, err))
             raise
         except BaseException:
@@ -304,12 +301,12 @@ class ImageCache:
                 return None
             waited = True
             ended = await self._wait_for(lock_key, holder, deadline)
-            if isinstance(ended, GatewayError):
+            if isinstance(ended, DomainError):
                 raise ended
             # Ended well (the entry should be there now) or its holder vanished: look again.
         return None
 
-    async def _wait_for(self, lock_key: str, holder: str, deadline: float) -> GatewayError | bool:
+    async def _wait_for(self, lock_key: str, holder: str, deadline: float) -> DomainError | bool:
         shared = self._shared
         assert shared is not None
         pause = _POLL_FIRST
@@ -326,14 +323,14 @@ class ImageCache:
         return False
 
     async def _produce(self, key: str, job: Job, output: Output, allow_partial: bool) -> _Made:
-        result = await self._service.make(job, output, allow_partial=allow_partial)
-        entry = entry_from_result(result, created=time.time(), calls=self._calls_for(job))
+        result = await self._producer.make(job, output, allow_partial=allow_partial)
+        entry = entry_from_result(result, created=time.time(), calls=self._producer.calls_for(job))
         if len(result.images) == job.count:
             self._local.put(key, entry)
             if self._shared is not None and entry.nbytes <= self.config.max_bytes:
                 expires = entry.expires_at(self.config.ttl_seconds, self.config.url_ttl_seconds)
                 await self._quietly(self._shared.put(key, entry, expires))
-        return _Made(entry, "miss")
+        return _Made(entry, "miss", result.attempts)
 
     @staticmethod
     async def _quietly(call: Awaitable[None]) -> None:

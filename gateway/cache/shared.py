@@ -26,7 +26,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from ..errors import GatewayError
+from ..errors import DomainError, from_wire, to_wire
 from .entry import Entry, decode, encode
 
 log = logging.getLogger("gateway.cache")
@@ -158,10 +158,10 @@ class SharedStore:
         value = await self._call("lock", lambda: self._redis.get(self._prefix + "l:" + key))
         return value.decode() if value else None
 
-    async def finish(self, key: str, flight: str, error: GatewayError | None) -> None:
+    async def finish(self, key: str, flight: str, error: DomainError | None) -> None:
         """Publish how the flight ended, then release its lock (in that order, so a waiter
         that sees the lock gone finds the outcome)."""
-        outcome = b"ok" if error is None else b"err:" + json.dumps(_error_fields(error)).encode()
+        outcome = b"ok" if error is None else b"err:" + json.dumps(to_wire(error)).encode()
 
         async def publish() -> None:
             await self._redis.set(self._prefix + "d:" + flight, outcome, ex=_OUTCOME_SECONDS)
@@ -175,47 +175,19 @@ class SharedStore:
             "release", lambda: self._release(keys=[self._prefix + "l:" + key], args=[flight])
         )
 
-    async def outcome(self, flight: str) -> GatewayError | bool:
+    async def outcome(self, flight: str) -> DomainError | bool:
         """False while the flight runs; True when it ended well; its error otherwise."""
         value = await self._call("outcome", lambda: self._redis.get(self._prefix + "d:" + flight))
         if not value:
             return False
         if value == b"ok":
             return True
-        return _error_from(value[len(b"err:") :])
+        try:
+            return from_wire(json.loads(value[len(b"err:") :]))
+        except ValueError:
+            return from_wire(None)
 
     async def aclose(self) -> None:
         """Close the connection pool."""
         with contextlib.suppress(RedisError, OSError):
             await self._redis.aclose()
-
-
-def _error_fields(err: GatewayError) -> dict[str, Any]:
-    return {
-        "status": err.status,
-        "message": err.message,
-        "type": err.type,
-        "param": err.param,
-        "code": err.code,
-        "headers": {k: v for k, v in err.headers.items() if k.lower() == "retry-after"},
-    }
-
-
-def _error_from(raw: bytes) -> GatewayError:
-    try:
-        f = json.loads(raw)
-        return GatewayError(
-            int(f["status"]),
-            str(f["message"]),
-            type=str(f["type"]),
-            param=f.get("param"),
-            code=f.get("code"),
-            headers=f.get("headers") or {},
-        )
-    except (ValueError, KeyError, TypeError):
-        return GatewayError(
-            502,
-            "An identical request this one waited for failed upstream.",
-            type="server_error",
-            code="upstream_error",
-        )

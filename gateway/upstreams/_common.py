@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from ..http import TooLarge, read_capped
 from .base import FailureKind, UpstreamError
 
 # Most bytes one upstream answer may have. Answers are small JSON, except defapi's, which
@@ -50,31 +51,23 @@ async def call(
     try:
         async with asyncio.timeout(timeout):
             async with client.stream(method, url, **kwargs) as resp:
-                declared = resp.headers.get("content-length", "")
-                if declared.isdigit() and int(declared) > max_bytes:
-                    raise _too_large(upstream, max_bytes, resp.status_code)
-                chunks: list[bytes] = []
-                total = 0
-                async for chunk in resp.aiter_bytes():
-                    total += len(chunk)
-                    if total > max_bytes:
-                        raise _too_large(upstream, max_bytes, resp.status_code)
-                    chunks.append(chunk)
-                return Answer(resp.status_code, resp.headers, b"".join(chunks))
+                try:
+                    body = await read_capped(
+                        resp.aiter_bytes(), max_bytes, declared=resp.headers.get("content-length")
+                    )
+                except TooLarge:
+                    raise UpstreamError(
+                        FailureKind.MALFORMED,
+                        f"{upstream}: answered with more than {max_bytes} bytes",
+                        status=resp.status_code,
+                    ) from None
+                return Answer(resp.status_code, resp.headers, body)
     except TimeoutError:
         raise UpstreamError(
             FailureKind.TIMEOUT, f"{upstream}: no complete answer within {timeout:g}s"
         ) from None
     except httpx.TransportError as exc:
         raise transport_error(exc, upstream) from None
-
-
-def _too_large(upstream: str, max_bytes: int, status: int) -> UpstreamError:
-    return UpstreamError(
-        FailureKind.MALFORMED,
-        f"{upstream}: answered with more than {max_bytes} bytes",
-        status=status,
-    )
 
 
 def json_loads(body: bytes) -> Any:

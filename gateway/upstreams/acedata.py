@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..http import make_client
-from ..models import base_model
+from ..models import base_model, takes_resolution
 from ..types import Job
 from ._common import (
     call,
@@ -27,9 +27,6 @@ DEFAULT_MODELS = {
     m: m for m in ("nano-banana", "nano-banana-2", "nano-banana-pro", "nano-banana-2-lite")
 }
 
-# The provider documents resolution as honoured by these; others are always 1K.
-_RESOLUTION_MODELS = ("nano-banana-2", "nano-banana-pro")
-
 
 def build_body(job: Job, model: str) -> dict[str, Any]:
     """The provider's JSON for a job. Pure; table-tested."""
@@ -43,7 +40,7 @@ def build_body(job: Job, model: str) -> dict[str, Any]:
         body["image_urls"] = list(job.images)
     if job.aspect_ratio is not None:
         body["aspect_ratio"] = job.aspect_ratio
-    if job.resolution is not None and base_model(job.model) in _RESOLUTION_MODELS:
+    if job.resolution is not None and takes_resolution(job.model):
         body["resolution"] = job.resolution
     return body
 
@@ -78,6 +75,15 @@ def classify(status: int, code: str | None) -> FailureKind:
     return FailureKind.MALFORMED
 
 
+def _image_links(data: Any) -> list[str]:
+    """The image links of a successful answer's `data`; anything else in it is ignored."""
+    if not isinstance(data, list):
+        return []
+    return [
+        d["image_url"] for d in data if isinstance(d, dict) and is_image_link(d.get("image_url"))
+    ]
+
+
 def parse_answer(
     status: int, payload: Any, retry_after: str | None, upstream: str
 ) -> UpstreamResult:
@@ -91,16 +97,7 @@ def parse_answer(
     task_id = clean_id(payload.get("task_id"))
     trace_id = clean_id(payload.get("trace_id"))
     if status == 200 and payload.get("success") is True:
-        data = payload.get("data")
-        urls = (
-            [
-                d["image_url"]
-                for d in data or []
-                if isinstance(d, dict) and is_image_link(d.get("image_url"))
-            ]
-            if isinstance(data, list)
-            else []
-        )
+        urls = _image_links(payload.get("data"))
         if not urls:
             raise UpstreamError(
                 FailureKind.MALFORMED,

@@ -10,11 +10,13 @@ from __future__ import annotations
 import enum
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from ..errors import DomainError, wire_enum
 from ..types import Job
 
 
+@wire_enum
 class FailureKind(enum.Enum):
     """Why an upstream call failed, as far as the pool and the caller are concerned."""
 
@@ -34,8 +36,8 @@ class FailureKind(enum.Enum):
         return self in (FailureKind.BAD_REQUEST, FailureKind.SAFETY)
 
 
-class UpstreamError(Exception):
-    """A failed upstream call, classified."""
+class UpstreamError(DomainError):
+    """A failed upstream call, classified. `status` and `code` are the provider's own."""
 
     def __init__(
         self,
@@ -51,7 +53,6 @@ class UpstreamError(Exception):
     ) -> None:
         super().__init__(message)
         self.kind = kind
-        self.message = message
         self.status = status
         self.code = code
         self.retry_after = retry_after
@@ -67,7 +68,6 @@ class UpstreamResult:
     images: list[str]
     task_id: str | None = None
     trace_id: str | None = None
-    extra: Mapping[str, str] = field(default_factory=dict)
 
 
 class Upstream(ABC):

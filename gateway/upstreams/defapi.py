@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..http import make_client
-from ..models import base_model
+from ..models import takes_resolution
 from ..types import Job
 from ._common import call, check_count, clean_id, is_image_link, json_loads, parse_retry_after
 from .base import FailureKind, Upstream, UpstreamError, UpstreamResult
@@ -24,7 +24,6 @@ DEFAULT_MODELS = {
     "nano-banana-2": "google/nano-banana-2",
     "nano-banana-pro": "google/nano-banana-pro",
 }
-_SIZE_MODELS = ("nano-banana-2", "nano-banana-pro")
 _SAFETY_WORDS = re.compile(r"safety|policy|prohibit|blocked|sensitive|inappropriate|refus", re.I)
 _BALANCE_WORDS = re.compile(r"balance|credit|insufficient|quota|recharge", re.I)
 
@@ -36,7 +35,7 @@ def build_body(job: Job, model: str) -> dict[str, Any]:
         body["images"] = list(job.images)
     if job.aspect_ratio is not None:
         body["aspect_ratio"] = job.aspect_ratio
-    if job.resolution is not None and base_model(job.model) in _SIZE_MODELS:
+    if job.resolution is not None and takes_resolution(job.model):
         body["image_size"] = job.resolution.lower()
     return body
 
@@ -77,32 +76,7 @@ def read_task(data: Any, upstream: str, task_id: str) -> UpstreamResult | None:
     if status in ("pending", "submitted", "in_progress"):
         return None
     if status == "success":
-        result = data.get("result")
-        images = (
-            [
-                r["image"]
-                for r in result or []
-                if isinstance(r, dict) and is_image_link(r.get("image"))
-            ]
-            if isinstance(result, list)
-            else []
-        )
-        if images:
-            return UpstreamResult(images=images, task_id=task_id)
-        texts = (
-            [r.get("text") for r in result or [] if isinstance(r, dict) and r.get("text")]
-            if isinstance(result, list)
-            else []
-        )
-        if texts:
-            raise UpstreamError(
-                FailureKind.SAFETY,
-                f"The model answered with text instead of an image: {str(texts[0])[:300]}",
-                task_id=task_id,
-            )
-        raise UpstreamError(
-            FailureKind.MALFORMED, f"{upstream}: task succeeded without an image", task_id=task_id
-        )
+        return _succeeded(data.get("result"), upstream, task_id)
     if status == "failed":
         reason = data.get("status_reason")
         message = reason.get("message") if isinstance(reason, dict) else None
@@ -111,6 +85,24 @@ def read_task(data: Any, upstream: str, task_id: str) -> UpstreamResult | None:
         raise UpstreamError(kind, message, task_id=task_id)
     raise UpstreamError(
         FailureKind.MALFORMED, f"{upstream}: unknown task status {status!r}", task_id=task_id
+    )
+
+
+def _succeeded(result: Any, upstream: str, task_id: str) -> UpstreamResult:
+    """A successful task's images; text instead of an image is the model refusing."""
+    items = [r for r in result if isinstance(r, dict)] if isinstance(result, list) else []
+    images = [r["image"] for r in items if is_image_link(r.get("image"))]
+    if images:
+        return UpstreamResult(images=images, task_id=task_id)
+    texts = [r.get("text") for r in items if r.get("text")]
+    if texts:
+        raise UpstreamError(
+            FailureKind.SAFETY,
+            f"The model answered with text instead of an image: {str(texts[0])[:300]}",
+            task_id=task_id,
+        )
+    raise UpstreamError(
+        FailureKind.MALFORMED, f"{upstream}: task succeeded without an image", task_id=task_id
     )
 
 

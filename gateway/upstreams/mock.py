@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from ..media import placeholder_png, to_data_uri
 from ..models import MODELS, nearest_aspect_ratio, produced_size
+from ..shape.media import placeholder_png, to_data_uri
 from ..types import Job
 from .base import Upstream, UpstreamResult
 
@@ -39,7 +39,7 @@ class MockUpstream(Upstream):
 
 
 def _first_image_ratio(images: tuple[str, ...]) -> str | None:
-    from ..media import decode_data_uri, image_size
+    from ..shape.media import decode_data_uri, image_size
 
     if not images:
         return None

@@ -1,0 +1,225 @@
+"""The one place domain errors become OpenAI errors: status, type, code, param, headers.
+
+Everything below the API layer raises what happened (`gateway/errors.py`); this table says
+how an OpenAI SDK app hears about it. Pure; table-tested in tests/test_api_errors.py.
+
+Token trouble upstream is the gateway's problem, never the caller's key: it is a 502, not
+a 401/403 that would make an SDK app think its own key is wrong.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import (
+    BodyTooLarge,
+    CapacityTimeout,
+    DomainError,
+    DownloadFailed,
+    DownloadRefused,
+    DownloadTimeout,
+    ImageTooLargeToHost,
+    InvalidParameter,
+    LimitExceeded,
+    ModelNotAllowed,
+    ModelNotFound,
+    ModelUnavailable,
+    NoCapacity,
+    NotFound,
+    PartialResult,
+    SharedFlightFailed,
+    ShuttingDown,
+    Unauthenticated,
+    scrub,
+)
+from ..upstreams.base import FailureKind, UpstreamError
+
+# The status metered for a caller that hung up before its answer was complete (as nginx
+# logs it), so client disconnects do not read as gateway errors.
+CLIENT_CLOSED = 499
+
+
+@dataclass(frozen=True)
+class OpenAIError:
+    """An error as the caller sees it."""
+
+    status: int
+    message: str
+    type: str = "invalid_request_error"
+    param: str | None = None
+    code: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    def body(self) -> dict[str, Any]:
+        """The OpenAI error body."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+def _retry_after(seconds: float) -> str:
+    return str(max(1, math.ceil(seconds)))
+
+
+def _upstream(err: UpstreamError, secrets: tuple[str, ...]) -> OpenAIError:
+    message = scrub(err.message, secrets)
+    headers: dict[str, str] = {}
+    if err.task_id:
+        headers["x-upstream-task-id"] = err.task_id
+    if err.trace_id:
+        headers["x-upstream-trace-id"] = err.trace_id
+    kind = err.kind
+    if kind is FailureKind.BAD_REQUEST:
+        return OpenAIError(
+            400,
+            f"The upstream rejected the request: {message}",
+            param=err.param,
+            code=err.code or "invalid_request",
+            headers=headers,
+        )
+    if kind is FailureKind.SAFETY:
+        return OpenAIError(
+            400,
+            f"Your request was rejected by the safety system: {message}",
+            code="content_policy_violation",
+            headers=headers,
+        )
+    if kind is FailureKind.RATE_LIMITED:
+        if err.retry_after is not None:
+            headers["retry-after"] = _retry_after(err.retry_after)
+        return OpenAIError(
+            429,
+            "The upstream is rate-limiting the gateway; please retry shortly.",
+            type="requests",
+            code="rate_limit_exceeded",
+            headers=headers,
+        )
+    if kind in (FailureKind.AUTH, FailureKind.BALANCE):
+        what = (
+            "rejected the gateway's token"
+            if kind is FailureKind.AUTH
+            else "reports no balance left"
+        )
+        return OpenAIError(
+            502,
+            f"The upstream {what}; this is the gateway's problem, not your key's.",
+            type="server_error",
+            code="upstream_token_unusable",
+            headers=headers,
+        )
+    if kind is FailureKind.TIMEOUT:
+        return OpenAIError(
+            504,
+            "The upstream did not finish the image in time.",
+            type="server_error",
+            code="upstream_timeout",
+            headers=headers,
+        )
+    return OpenAIError(
+        502,
+        f"The upstream failed: {message}",
+        type="server_error",
+        code="upstream_error",
+        headers=headers,
+    )
+
+
+def _limit(err: LimitExceeded) -> OpenAIError:
+    headers = {"retry-after": _retry_after(err.retry_after)}
+    if err.daily:
+        # Retrying within seconds cannot help until the day turns: tell the OpenAI SDK
+        # not to spend its automatic retries on it.
+        headers["x-should-retry"] = "false"
+    kind = "insufficient_quota" if err.daily else "requests"
+    code = "insufficient_quota" if err.daily else "rate_limit_exceeded"
+    return OpenAIError(429, err.message, type=kind, code=code, headers=headers)
+
+
+def _no_capacity(err: NoCapacity) -> OpenAIError:
+    headers = {"retry-after": str(err.retry_after)}
+    if err.rate_limited:
+        return OpenAIError(
+            429, err.message, type="requests", code="rate_limit_exceeded", headers=headers
+        )
+    return OpenAIError(
+        503, err.message, type="server_error", code="upstreams_unavailable", headers=headers
+    )
+
+
+def _partial(err: PartialResult, secrets: tuple[str, ...]) -> OpenAIError:
+    cause = openai_error(err.cause, secrets).message if err.cause is not None else None
+    message = PartialResult.text(err.made, err.asked, cause)
+    return OpenAIError(502, message, type="server_error", code="partial_result")
+
+
+def _server(status: int, code: str) -> Callable[[DomainError], OpenAIError]:
+    return lambda err: OpenAIError(status, err.message, type="server_error", code=code)
+
+
+# Domain error class -> its OpenAI form. Looked up along the class's MRO, so a subclass
+# answers like its parent unless it has a row of its own.
+_TABLE: dict[type[DomainError], Callable[[Any], OpenAIError]] = {
+    InvalidParameter: lambda e: OpenAIError(400, e.message, param=e.param, code=e.code),
+    BodyTooLarge: lambda e: OpenAIError(413, e.message, code="request_too_large"),
+    ModelNotFound: lambda e: OpenAIError(404, e.message, param="model", code="model_not_found"),
+    ModelUnavailable: lambda e: OpenAIError(
+        400, e.message, param=e.param, code="model_not_available" if e.param == "model" else None
+    ),
+    Unauthenticated: lambda e: OpenAIError(
+        401,
+        e.message,
+        code="invalid_api_key",
+        headers={"www-authenticate": "Bearer"} if e.challenge else {},
+    ),
+    ModelNotAllowed: lambda e: OpenAIError(403, e.message, param="model", code="model_not_allowed"),
+    LimitExceeded: _limit,
+    NotFound: lambda e: OpenAIError(404, e.message, code="not_found"),
+    NoCapacity: _no_capacity,
+    CapacityTimeout: _server(504, "upstream_timeout"),
+    ShuttingDown: lambda e: OpenAIError(
+        503,
+        e.message,
+        type="server_error",
+        code="server_shutting_down",
+        headers={"retry-after": "1", "connection": "close"},
+    ),
+    DownloadFailed: _server(502, "image_download_failed"),
+    DownloadRefused: _server(502, "image_download_refused"),
+    DownloadTimeout: _server(504, "image_download_timeout"),
+    ImageTooLargeToHost: _server(502, "image_too_large"),
+    SharedFlightFailed: _server(502, "upstream_error"),
+}
+
+INTERNAL = OpenAIError(
+    500,
+    "The gateway hit an unexpected error. Quote the x-request-id when reporting it.",
+    type="server_error",
+    code="internal_error",
+)
+
+
+def openai_error(err: DomainError, secrets: Iterable[str] = ()) -> OpenAIError:
+    """The OpenAI error for a domain error. `secrets` are scrubbed from text that came
+    from an upstream."""
+    if isinstance(err, UpstreamError):
+        return _upstream(err, tuple(secrets))
+    if isinstance(err, PartialResult):
+        return _partial(err, tuple(secrets))
+    for cls in type(err).__mro__:
+        render = _TABLE.get(cls)
+        if render is not None:
+            return render(err)
+    return INTERNAL
+
+
+def status_of(err: DomainError) -> int:
+    """The HTTP status a domain error is answered with (for metering)."""
+    return openai_error(err).status

@@ -1,0 +1,80 @@
+"""What operators and load balancers call: health, readiness, metrics, the pool's state,
+and the images the gateway hosts for url answers."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ..config import Config
+from ..errors import NotFound
+from ..pool import Pool, UpstreamView
+from ..shape.store import ImageStore
+from .auth import check_admin, check_metrics
+
+
+def view_json(views: tuple[UpstreamView, ...]) -> list[dict[str, Any]]:
+    """The pool's view as /admin/upstreams shows it (states by their names)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, enum.Enum):
+            return value.value
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return [plain(dataclasses.asdict(v)) for v in views]
+
+
+class OperationEndpoints:
+    """Health, readiness, metrics, admin and hosted images."""
+
+    def __init__(
+        self, config: Config, pool: Pool, store: ImageStore, registry: CollectorRegistry
+    ) -> None:
+        self._config = config
+        self._pool = pool
+        self._store = store
+        self._registry = registry
+
+    async def healthz(self, request: Request) -> Response:
+        """GET /healthz: the process is up."""
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        """GET /readyz: config loaded and at least one upstream token usable."""
+        if self._pool.usable():
+            body: dict[str, object] = {"status": "ready", "mock": self._config.mock_only}
+            return JSONResponse(body)
+        return JSONResponse({"status": "unavailable", "reason": "no usable upstream token"}, 503)
+
+    async def metrics(self, request: Request) -> Response:
+        """GET /metrics: Prometheus text format (behind [admin] metrics_key when set)."""
+        check_metrics(request, self._config.admin.metrics_key)
+        return Response(generate_latest(self._registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def admin_upstreams(self, request: Request) -> Response:
+        """GET /admin/upstreams: every upstream and token (redacted) with its state."""
+        check_admin(request, self._config.admin.key)
+        return JSONResponse(
+            {
+                "mock": self._config.mock_only,
+                "config_source": self._config.source,
+                "upstreams": view_json(self._pool.view()),
+            }
+        )
+
+    async def stored_image(self, request: Request) -> Response:
+        """GET /v1/images/store/{name}: images the gateway hosts for url answers."""
+        found = self._store.get(request.path_params["name"])
+        if found is None:
+            raise NotFound("This image link has expired or never existed.")
+        data, mime = found
+        return Response(data, media_type=mime, headers={"cache-control": "private, max-age=3600"})

@@ -1,0 +1,80 @@
+"""Reading a config: a TOML file or the environment, validated into a Config.
+
+This is the one place the gateway reads its environment and its config file: everything
+else is handed the Config built here.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from .errors import ConfigError, from_validation_error
+from .fields import Source
+from .schema import Config
+
+# Environment-only start-up: one upstream per provider with tokens in <PREFIX>_API_TOKENS.
+_ENV_UPSTREAMS = (("acedata", "ACEDATA"), ("xhuoapi", "XHUOAPI"), ("defapi", "DEFAPI"))
+
+
+def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Load from a TOML file, or from the environment when no path is given."""
+    env = os.environ if environ is None else environ
+    if path is None:
+        return config_from_env(env)
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(raw, env, source=path)
+
+
+def config_from_env(env: Mapping[str, str]) -> Config:
+    """Build a config from *_API_TOKENS variables; the offline mock when there are none."""
+    raw: dict[str, Any] = {"upstreams": []}
+    for kind, prefix in _ENV_UPSTREAMS:
+        tokens = [t.strip() for t in env.get(f"{prefix}_API_TOKENS", "").split(",") if t.strip()]
+        if not tokens:
+            continue
+        entry: dict[str, Any] = {"name": kind, "type": kind, "tokens": tokens}
+        if env.get(f"{prefix}_BASE_URL"):
+            entry["base_url"] = env[f"{prefix}_BASE_URL"]
+        raw["upstreams"].append(entry)
+    clients = []
+    for i, item in enumerate(x.strip() for x in env.get("GATEWAY_CLIENT_KEYS", "").split(",")):
+        if not item:
+            continue
+        name, sep, key = item.partition(":")
+        clients.append(
+            {"name": name, "key": key} if sep else {"name": f"client-{i + 1}", "key": item}
+        )
+    if clients:
+        raw["clients"] = clients
+    if env.get("GATEWAY_ADMIN_KEY"):
+        raw.setdefault("admin", {})["key"] = env["GATEWAY_ADMIN_KEY"]
+    if env.get("GATEWAY_METRICS_KEY"):
+        raw.setdefault("admin", {})["metrics_key"] = env["GATEWAY_METRICS_KEY"]
+    if env.get("GATEWAY_REDIS_URL"):
+        raw["cache"] = {"redis_url": env["GATEWAY_REDIS_URL"]}
+    # Env values are literal secrets: no ${VAR} expansion, so a '$' in a token survives.
+    return parse_config(raw, {}, source="environment", expand=False)
+
+
+def parse_config(
+    raw: Mapping[str, Any], env: Mapping[str, str], *, source: str = "config", expand: bool = True
+) -> Config:
+    """Validate a TOML-shaped mapping into a Config. Pure: env is passed in."""
+    try:
+        config = Config.model_validate(dict(raw), context=Source(env, expand))
+    except ValidationError as exc:
+        raise from_validation_error(exc, Config) from None
+    if not raw.get("upstreams"):
+        source = f"{source} (no upstream configured: built-in mock)"
+    return config.named(source)

@@ -1,0 +1,64 @@
+"""The usage log: one JSON line per image request, for billing and for finding a request.
+
+Lines go to stdout (the default: a container's log shipper picks them up), to a file
+(appended; reopened when logrotate moves it away), or nowhere. A line never holds a prompt,
+an image, a key or a token: only ids, names from configuration, numbers and the caller's
+validated size.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Mapping
+from logging.handlers import WatchedFileHandler
+from typing import Any
+
+from ..config import ConfigError
+
+log = logging.getLogger("gateway.usage")
+
+
+def timestamp(wall: float) -> str:
+    """RFC 3339 UTC time with milliseconds, as log stores parse it without configuration.
+    (time.strftime on a struct: a few times cheaper than datetime, once per request.)"""
+    millis = int(wall * 1000) % 1000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall)) + f".{millis:03d}Z"
+
+
+class UsageLog:
+    """Writes usage records to the configured destination: 'stdout', 'off' or a path."""
+
+    def __init__(self, destination: str) -> None:
+        self.destination = destination
+        self._file: WatchedFileHandler | None = None
+        if destination not in ("stdout", "off"):
+            # Opened now, so a path that cannot be written stops the start, not a request.
+            try:
+                self._file = WatchedFileHandler(destination, encoding="utf-8")
+            except OSError as exc:
+                raise ConfigError(f"usage.log: cannot open {destination}: {exc.strerror}") from None
+            self._file.setFormatter(logging.Formatter("%(message)s"))
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        """Append one record as one line. Never raises: a full disk must not fail requests."""
+        if self.destination == "off":
+            return
+        line = json.dumps(record, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        try:
+            if self._file is not None:
+                # The handler locks, checks whether the file was rotated, writes and flushes.
+                self._file.handle(logging.makeLogRecord({"msg": line, "args": None}))
+            else:
+                # Looked up at each write, so a replaced sys.stdout (tests, daemons) is used.
+                sys.stdout.write(line + "\n")
+                sys.stdout.flush()
+        except (OSError, ValueError):
+            log.exception("usage log: could not write to %s", self.destination)
+
+    def close(self) -> None:
+        """Close the file, if any."""
+        if self._file is not None:
+            self._file.close()

@@ -1,0 +1,166 @@
+"""Running a job on the pool: the best slot, and on failures that are not the caller's,
+another one, within a bounded number of attempts and the request's deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from ..config import PoolConfig, UpstreamConfig
+from ..errors import DomainError
+from ..types import Attempt, Job
+from ..upstreams.base import FailureKind, Upstream, UpstreamError, UpstreamResult
+from .health import Verdicts
+from .select import Selector, Slot
+from .view import UpstreamView, pool_view
+
+log = logging.getLogger("gateway.pool")
+
+
+@dataclass
+class Run:
+    """A job done: what the upstream made, who made it, and every attempt it took."""
+
+    result: UpstreamResult
+    upstream: str
+    attempts: list[Attempt]
+
+
+class Pool:
+    """All tokens of all upstreams: selection, retries and health."""
+
+    def __init__(
+        self,
+        upstreams: Sequence[tuple[Upstream, UpstreamConfig]],
+        cfg: PoolConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_attempt: Callable[[Attempt], None] = lambda attempt: None,
+        on_retry: Callable[[str], None] = lambda reason: None,
+        secrets: Sequence[str] = (),
+    ) -> None:
+        self.cfg = cfg
+        self._clock = clock
+        self._on_attempt = on_attempt
+        self._on_retry = on_retry
+        self._select = Selector(upstreams, clock)
+        self._verdicts = Verdicts(cfg, (*secrets, *(t for _, c in upstreams for t in c.tokens)))
+        self.upstreams = self._select.upstreams
+
+    def max_count_per_call(self, job: Job) -> int:
+        """Images one upstream call may ask for (ModelUnavailable when none can serve)."""
+        return self._select.max_count_per_call(job)
+
+    def check(self, job: Job) -> None:
+        """ModelUnavailable, naming the parameter, when no upstream can do the job."""
+        self._select.candidates(job)
+
+    async def run(self, job: Job, deadline: float) -> Run:
+        """Run a job on the best slot, moving to others on failures that aren't the caller's.
+
+        `deadline` is a monotonic time. Raises UpstreamError for the caller's faults and for
+        the last failure when attempts run out, NoCapacity when nothing is usable; each with
+        the attempts made in `attempts`.
+        """
+        attempts: list[Attempt] = []
+        try:
+            return await self._attempts(job, deadline, attempts)
+        except DomainError as err:
+            err.attempts = tuple(attempts)
+            raise
+
+    async def _attempts(self, job: Job, deadline: float, attempts: list[Attempt]) -> Run:
+        slots = self._select.candidates(job)
+        tried: set[int] = set()
+        last: UpstreamError | None = None
+        for attempt in range(self.cfg.max_attempts):
+            if attempt:
+                self._on_retry(last.kind.value if last else "unknown")
+                if len(tried) >= len(slots):
+                    # Every slot has had a go: give a transient fault a moment before the
+                    # same slot is asked again.
+                    await asyncio.sleep(
+                        min(self.cfg.retry_backoff_seconds * 2 ** (attempt - 1), 2.0)
+                    )
+            # Raises NoCapacity (with when the first returns) once every slot is out.
+            slot = await self._select.acquire(slots, tried, deadline)
+            tried.add(id(slot))
+            started = self._clock()
+            try:
+                result = await self._call(slot, job, deadline - started)
+            except TimeoutError:
+                err = UpstreamError(
+                    FailureKind.TIMEOUT,
+                    f"{slot.upstream.name}: no answer within the request's deadline",
+                )
+                attempts.append(self._failed(slot, err, started))
+                raise err from None
+            except UpstreamError as err:
+                attempts.append(self._failed(slot, err, started))
+                if err.kind.callers_fault:
+                    raise
+                last = err
+                if self._clock() >= deadline:
+                    break
+                continue
+            except asyncio.CancelledError:
+                raise  # the caller went away: no verdict on the token
+            finally:
+                self._select.release(slot)
+            attempts.append(self._succeeded(slot, started))
+            return Run(result, slot.upstream.name, attempts)
+        assert last is not None
+        raise last
+
+    async def _call(self, slot: Slot, job: Job, remaining: float) -> UpstreamResult:
+        """One call within what is left of the deadline: its result, an UpstreamError for
+        every failure of the upstream's, TimeoutError when the deadline ran out."""
+        name = slot.upstream.name
+        if remaining <= 0:
+            raise UpstreamError(FailureKind.TIMEOUT, "the request's deadline passed")
+        try:
+            async with asyncio.timeout(remaining):
+                return await slot.upstream.run(job, slot.token)
+        except (UpstreamError, TimeoutError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # a bug in a provider module must not lose the request
+            log.exception("upstream %s raised unexpectedly", name)
+            raise UpstreamError(FailureKind.MALFORMED, f"{name}: {type(exc).__name__}") from None
+
+    def _succeeded(self, slot: Slot, started: float) -> Attempt:
+        self._verdicts.succeeded(slot.health, self._select.upstream_health[slot.upstream.name])
+        slot.served += 1
+        return self._report(Attempt(slot.upstream.name, "ok", self._clock() - started))
+
+    def _failed(self, slot: Slot, err: UpstreamError, started: float) -> Attempt:
+        now = self._clock()
+        attempt = self._report(Attempt(slot.upstream.name, err.kind.value, now - started))
+        upstream = self._select.upstream_health[slot.upstream.name]
+        self._verdicts.failed(slot.health, upstream, err, now, (slot.upstream.name, slot.id))
+        return attempt
+
+    def _report(self, attempt: Attempt) -> Attempt:
+        self._on_attempt(attempt)
+        return attempt
+
+    # ------------------------------------------------------------------ visibility
+
+    def usable(self) -> bool:
+        """At least one slot could take a request now (for /readyz)."""
+        now = self._clock()
+        select = self._select
+        return any(
+            not select.blocked_by_health(s, now) or s.health.needs_probe(now) for s in select.slots
+        )
+
+    def view(self) -> tuple[UpstreamView, ...]:
+        """Every upstream and token as they stand now."""
+        return pool_view(self._select, self._clock())
+
+    async def aclose(self) -> None:
+        """Close every upstream's client."""
+        for upstream in self.upstreams:
+            await upstream.aclose()

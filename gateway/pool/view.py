@@ -1,0 +1,101 @@
+"""One typed view of the pool's state, read by /admin/upstreams and the metrics collector.
+
+Times are given both as wall-clock moments (for people) and as seconds from now (for
+scripts); token secrets never appear, only redacted ids.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from .health import Health, State
+from .select import Selector, Slot
+
+
+@dataclass(frozen=True)
+class TokenView:
+    """One token's state, by redacted id."""
+
+    id: str
+    index: int
+    state: State
+    inflight: int
+    max_concurrency: int | None
+    served: int
+    consecutive_failures: int
+    last_error: str | None
+    last_error_at: float | None
+    since: float
+    returns_at: float | None
+    returns_in_seconds: float | None
+
+
+@dataclass(frozen=True)
+class UpstreamView:
+    """One upstream's state, with its tokens."""
+
+    name: str
+    type: str
+    priority: int
+    weight: float
+    models: tuple[str, ...]
+    state: State
+    inflight: int
+    consecutive_failures: int
+    last_error: str | None
+    returns_in_seconds: float | None
+    tokens: tuple[TokenView, ...]
+    tokens_available: int
+
+
+def _returns_in(health: Health, state: State, now: float) -> float | None:
+    if state is State.OK or health.until <= now:
+        return None
+    return round(health.until - now, 3)
+
+
+def _token(slot: Slot, now: float, wall: float) -> TokenView:
+    h = slot.health
+    state = h.shown(now)
+    returns_in = _returns_in(h, state, now)
+    return TokenView(
+        id=slot.id,
+        index=slot.index,
+        state=state,
+        inflight=slot.inflight,
+        max_concurrency=slot.cfg.max_concurrency,
+        served=slot.served,
+        consecutive_failures=h.failures,
+        last_error=h.last_error,
+        last_error_at=h.last_error_at,
+        since=h.since,
+        returns_at=None if returns_in is None else wall + (h.until - now),
+        returns_in_seconds=returns_in,
+    )
+
+
+def pool_view(selector: Selector, now: float) -> tuple[UpstreamView, ...]:
+    """Every upstream and token as they stand at monotonic time `now`."""
+    wall = time.time()
+    views: list[UpstreamView] = []
+    for upstream in selector.upstreams:
+        slots = [s for s in selector.slots if s.upstream is upstream]
+        uh = selector.upstream_health[upstream.name]
+        views.append(
+            UpstreamView(
+                name=upstream.name,
+                type=upstream.kind,
+                priority=slots[0].cfg.priority,
+                weight=slots[0].cfg.weight,
+                models=tuple(upstream.models()),
+                state=uh.state,
+                inflight=selector.upstream_inflight[upstream.name],
+                consecutive_failures=uh.failures,
+                last_error=uh.last_error,
+                returns_in_seconds=_returns_in(uh, uh.state, now),
+                tokens=tuple(_token(s, now, wall) for s in slots),
+                tokens_available=sum(1 for s in slots if selector.usable(s, now)),
+            )
+        )
+    return tuple(views)

@@ -1,0 +1,210 @@
+"""The one error table: every domain error, as the OpenAI SDK app hears about it; and every
+domain error written to the wire between replicas and read back unchanged."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gateway.api.errors import INTERNAL, OpenAIError, openai_error, status_of
+from gateway.errors import (
+    BodyTooLarge,
+    CapacityTimeout,
+    DomainError,
+    DownloadFailed,
+    DownloadRefused,
+    DownloadTimeout,
+    ImageTooLargeToHost,
+    InvalidParameter,
+    LimitExceeded,
+    ModelNotAllowed,
+    ModelNotFound,
+    ModelUnavailable,
+    NoCapacity,
+    NotFound,
+    PartialResult,
+    SharedFlightFailed,
+    ShuttingDown,
+    Unauthenticated,
+    from_wire,
+    to_wire,
+)
+from gateway.upstreams.base import FailureKind, UpstreamError
+
+# (error, status, type, code, param, headers)
+ROWS: list[tuple[DomainError, int, str, str | None, str | None, dict[str, str]]] = [
+    (InvalidParameter("size", "bad size"), 400, "invalid_request_error", None, "size", {}),
+    (
+        InvalidParameter("image", "bad", "invalid_image_format"),
+        400,
+        "invalid_request_error",
+        "invalid_image_format",
+        "image",
+        {},
+    ),
+    (BodyTooLarge(10), 413, "invalid_request_error", "request_too_large", None, {}),
+    (ModelNotFound("x", "no x"), 404, "invalid_request_error", "model_not_found", "model", {}),
+    (
+        ModelUnavailable("model", "nobody"),
+        400,
+        "invalid_request_error",
+        "model_not_available",
+        "model",
+        {},
+    ),
+    (ModelUnavailable("image", "too many"), 400, "invalid_request_error", None, "image", {}),
+    (Unauthenticated("who?"), 401, "invalid_request_error", "invalid_api_key", None, {}),
+    (
+        Unauthenticated("metrics", challenge=True),
+        401,
+        "invalid_request_error",
+        "invalid_api_key",
+        None,
+        {"www-authenticate": "Bearer"},
+    ),
+    (
+        ModelNotAllowed("team-a", "nano-banana-pro", ["nano-banana"]),
+        403,
+        "invalid_request_error",
+        "model_not_allowed",
+        "model",
+        {},
+    ),
+    (
+        LimitExceeded("requests_per_minute", "slow", 29.2, daily=False),
+        429,
+        "requests",
+        "rate_limit_exceeded",
+        None,
+        {"retry-after": "30"},
+    ),
+    (
+        LimitExceeded("images_per_day", "done", 3600, daily=True),
+        429,
+        "insufficient_quota",
+        "insufficient_quota",
+        None,
+        {"retry-after": "3600", "x-should-retry": "false"},
+    ),
+    (NotFound("gone"), 404, "invalid_request_error", "not_found", None, {}),
+    (
+        NoCapacity("cooling", retry_after=7, rate_limited=True),
+        429,
+        "requests",
+        "rate_limit_exceeded",
+        None,
+        {"retry-after": "7"},
+    ),
+    (
+        NoCapacity("down", retry_after=30, rate_limited=False),
+        503,
+        "server_error",
+        "upstreams_unavailable",
+        None,
+        {"retry-after": "30"},
+    ),
+    (CapacityTimeout(), 504, "server_error", "upstream_timeout", None, {}),
+    (
+        ShuttingDown(),
+        503,
+        "server_error",
+        "server_shutting_down",
+        None,
+        {"retry-after": "1", "connection": "close"},
+    ),
+    (PartialResult(1, 3), 502, "server_error", "partial_result", None, {}),
+    (DownloadFailed("nope"), 502, "server_error", "image_download_failed", None, {}),
+    (DownloadRefused("internal"), 502, "server_error", "image_download_refused", None, {}),
+    (DownloadTimeout(), 504, "server_error", "image_download_timeout", None, {}),
+    (ImageTooLargeToHost(), 502, "server_error", "image_too_large", None, {}),
+    (SharedFlightFailed(), 502, "server_error", "upstream_error", None, {}),
+]
+
+
+@pytest.mark.parametrize(
+    ("err", "status", "type_", "code", "param", "headers"),
+    ROWS,
+    ids=[f"{type(r[0]).__name__}-{r[1]}" for r in ROWS],
+)
+def test_table(
+    err: DomainError,
+    status: int,
+    type_: str,
+    code: str | None,
+    param: str | None,
+    headers: dict[str, str],
+) -> None:
+    answer = openai_error(err)
+    assert (answer.status, answer.type, answer.code, answer.param) == (status, type_, code, param)
+    assert dict(answer.headers) == headers
+    assert answer.message
+    assert status_of(err) == status
+    assert answer.body() == {
+        "error": {"message": answer.message, "type": type_, "param": param, "code": code}
+    }
+
+
+def test_every_domain_error_has_a_row() -> None:
+    """A new domain error without a row would reach callers as a 500."""
+    covered = {type(row[0]) for row in ROWS} | {UpstreamError}
+
+    def subclasses(cls: type[DomainError]) -> set[type[DomainError]]:
+        found = set(cls.__subclasses__())
+        for sub in list(found):
+            found |= subclasses(sub)
+        return found
+
+    missing = {c.__name__ for c in subclasses(DomainError)} - {c.__name__ for c in covered}
+    assert not missing, missing
+
+
+def test_an_unknown_domain_error_is_an_internal_error() -> None:
+    assert openai_error(DomainError("?")) == INTERNAL
+    assert isinstance(INTERNAL, OpenAIError) and INTERNAL.status == 500
+
+
+def test_partial_result_gives_its_cause_in_the_callers_words() -> None:
+    cause = UpstreamError(FailureKind.SERVER_ERROR, "boom with sk-secret-123", status=500)
+    answer = openai_error(PartialResult(1, 3, cause), secrets=("sk-secret-123",))
+    assert answer.status == 502 and answer.code == "partial_result"
+    assert "made 1 of the 3 images" in answer.message
+    assert "Cause: The upstream failed: boom with [redacted]" in answer.message
+
+
+WIRE_CASES: list[DomainError] = [
+    *(row[0] for row in ROWS),
+    UpstreamError(
+        FailureKind.RATE_LIMITED,
+        "slow down",
+        status=429,
+        code="too_many_requests",
+        retry_after=2.5,
+        task_id="task-1",
+        trace_id="trace-1",
+    ),
+    PartialResult(2, 4, UpstreamError(FailureKind.TIMEOUT, "late")),
+]
+
+
+@pytest.mark.parametrize("err", WIRE_CASES, ids=lambda e: type(e).__name__)
+def test_wire_round_trip(err: DomainError) -> None:
+    back = from_wire(json.loads(json.dumps(to_wire(err))))
+    assert type(back) is type(err)
+    assert back.message == err.message and str(back) == str(err)
+    assert openai_error(back) == openai_error(err)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        None,
+        {},
+        {"kind": "Nonexistent", "fields": {"message": "x"}},
+        {"kind": "UpstreamError", "fields": {"message": "x", "kind": {"enum": "Nope", "value": 1}}},
+        {"kind": "NoCapacity", "fields": {}},
+        "garbage",
+    ],
+)
+def test_wire_garbage_is_a_plain_shared_failure(data: object) -> None:
+    assert type(from_wire(data)) is SharedFlightFailed
