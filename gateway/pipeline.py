@@ -18,7 +18,7 @@ runner puts a line of a JSONL file through the same method.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from .admission.clients import ClientAuth, check_model
@@ -55,15 +55,24 @@ class Context:
     allow_partial: bool | None = None
 
 
+def _metered_already(delivered: bool) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class Answer:
-    """What a request came to: the job, the answer's shape, and its images. `images` is
-    done already, except for a stream, whose images are still being made (cancel it when
-    the caller goes away); the request is metered once it is done."""
+    """What a request came to: the job, the answer's shape, and its images.
+
+    `images` is done already (and the request metered), except for a stream: its images
+    are still being made (cancel them when the caller goes away), and whoever delivers the
+    stream calls `delivered(True)` once it has sent the last event, or `delivered(False)`
+    when the caller went away first; the request is metered then, with the time to its
+    last byte."""
 
     job: Job
     output: Output
     images: asyncio.Future[ImagesResult]
+    delivered: Callable[[bool], None] = _metered_already
 
 
 class ImagePipeline:
@@ -107,26 +116,14 @@ class ImagePipeline:
             allow_partial = self._images.allow_partial
             if context.allow_partial is not None:
                 allow_partial = context.allow_partial
-            loop = asyncio.get_running_loop()
             if output.stream:
-                # Made in a task of its own, so the answer can start (keep-alives) before
-                # the images exist; metered when it is done.
-                images = (
-                    loop.create_future()
-                    if stored
-                    else asyncio.ensure_future(
-                        self._cache.make(job, output, allow_partial=allow_partial, policy=policy)
-                    )
-                )
-                if stored:
-                    images.set_result(stored)
-                images.add_done_callback(lambda done: self._settle(record, done))
                 streaming = True
-                return Answer(job, output, images)
+                images = self._stream(record, job, output, stored, policy, allow_partial)
+                return Answer(job, output, images, lambda ok: self._delivered(record, ok))
             record.result = stored or await self._cache.make(
                 job, output, allow_partial=allow_partial, policy=policy
             )
-            done = loop.create_future()
+            done = asyncio.get_running_loop().create_future()
             done.set_result(record.result)
             return Answer(job, output, done)
         except DomainError as err:
@@ -176,13 +173,42 @@ class ImagePipeline:
         self._meter.admitted(record)
         return stored
 
+    def _stream(
+        self,
+        record: Record,
+        job: Job,
+        output: Output,
+        stored: ImagesResult | None,
+        policy: CachePolicy,
+        allow_partial: bool,
+    ) -> asyncio.Future[ImagesResult]:
+        """A stream's images, made in a task of their own so the answer can start (with
+        keep-alives) before they exist."""
+        images: asyncio.Future[ImagesResult]
+        if stored is not None:
+            images = asyncio.get_running_loop().create_future()
+            images.set_result(stored)
+        else:
+            images = asyncio.ensure_future(
+                self._cache.make(job, output, allow_partial=allow_partial, policy=policy)
+            )
+        images.add_done_callback(lambda done: self._settle(record, done))
+        return images
+
     def _settle(self, record: Record, done: asyncio.Future[ImagesResult]) -> None:
+        """A stream's images are done: note how, for when its delivery ends."""
         if done.cancelled():
             record.cancelled = True
         elif isinstance(done.exception(), DomainError):
             record.error = done.exception()  # type: ignore[assignment]
         elif done.exception() is None:
             record.result = done.result()
+
+    def _delivered(self, record: Record, ok: bool) -> None:
+        """A stream has ended: sent whole, or its caller gone (metered as such, with the
+        images the upstreams made for it, which are paid for either way)."""
+        if not ok:
+            record.cancelled = True
         self._meter.finish(record)
 
 

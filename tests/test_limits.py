@@ -46,10 +46,11 @@ def test_requests_per_minute_is_a_sliding_window() -> None:
     with pytest.raises(LimitExceeded) as refused:
         limiter.admit(client)
     assert refused.value.limit == "requests_per_minute"
-    assert openai_error(refused.value).status == 429
+    answer = openai_error(refused.value)
+    assert answer.status == 429
     # The first admission (30 s ago) leaves the window in 30 s.
-    assert openai_error(refused.value).headers["retry-after"] == "30"
-    assert "x-should-retry" not in openai_error(refused.value).headers
+    assert answer.headers["retry-after"] == "30"
+    assert "x-should-retry" not in answer.headers
     clock.advance(29.5)
     with pytest.raises(LimitExceeded):
         limiter.admit(client)
@@ -95,11 +96,10 @@ def test_images_per_day_reserves_then_counts_what_was_made() -> None:
     with pytest.raises(LimitExceeded) as refused:
         limiter.reserve(other, 5, None)
     assert refused.value.limit == "images_per_day"
-    assert openai_error(refused.value).code == "insufficient_quota"
-    assert openai_error(refused.value).headers["x-should-retry"] == "false"
-    assert openai_error(refused.value).headers["retry-after"] == str(
-        12 * 3600
-    )  # until midnight UTC
+    answer = openai_error(refused.value)
+    assert answer.code == "insufficient_quota"
+    assert answer.headers["x-should-retry"] == "false"
+    assert answer.headers["retry-after"] == str(12 * 3600)  # until midnight UTC
     assert "4 are left today" in refused.value.message
     limiter.settle(other, 0, None)
     # The held request made only 3 of its 6 images: 7 are left.

@@ -4,8 +4,6 @@ fake provider that is a real HTTP server on 127.0.0.1."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -189,7 +187,7 @@ async def test_an_upstream_refusal_comes_back_as_what_happened(
     )
 
 
-async def test_a_stream_is_metered_when_its_images_are_done_or_given_up(
+async def test_a_stream_is_metered_when_its_delivery_ends(
     fake: Any, gateway_for: Any, tmp_path: Path
 ):
     fake.behave("tok-ace-0001", ["slow", "ok"], sleep=5)
@@ -204,9 +202,7 @@ async def test_a_stream_is_metered_when_its_images_are_done_or_given_up(
     assert answer.output.stream and not answer.images.done()
     assert not (tmp_path / "usage.jsonl").exists() or usage(tmp_path) == []
     answer.images.cancel()  # the caller hung up
-    with contextlib.suppress(asyncio.CancelledError):
-        await answer.images
-    await asyncio.sleep(0)  # the done-callbacks run
+    answer.delivered(False)
     (line,) = usage(tmp_path)
     assert line["status"] == 499
     # Its concurrency slot is free again.
@@ -215,5 +211,26 @@ async def test_a_stream_is_metered_when_its_images_are_done_or_given_up(
     )
     result = await again.images
     assert len(result.images) == 1 and result.images[0].data
-    await asyncio.sleep(0)
+    assert len(usage(tmp_path)) == 1, "metered before its delivery ended"
+    again.delivered(True)
+    again.delivered(False)  # once per request, whichever end comes first
     assert [line["status"] for line in usage(tmp_path)] == [499, 200]
+    assert usage(tmp_path)[1]["images"] == 1
+
+
+async def test_a_caller_leaving_a_stream_after_its_images_were_made_is_billed_for_them(
+    fake: Any, gateway_for: Any, tmp_path: Path
+):
+    gateway = gateway_for(upstream_toml("ace", fake, ["tok-ace-0001"]) + clients())
+    answer = await gateway.pipeline.run(
+        Caller(key=KEY), generation(stream=True), Context("generations")
+    )
+    await answer.images
+    answer.delivered(False)
+    (line,) = usage(tmp_path)
+    assert (line["status"], line["images"]) == (499, 1)
+    found = metrics(gateway)
+    assert (
+        of(found, "nano_banana_client_limit_usage")[labels(client="team-a", limit="images_per_day")]
+        == 1
+    )

@@ -37,10 +37,6 @@ from ..errors import (
 )
 from ..upstreams.base import FailureKind, UpstreamError
 
-# The status metered for a caller that hung up before its answer was complete (as nginx
-# logs it), so client disconnects do not read as gateway errors.
-CLIENT_CLOSED = 499
-
 
 @dataclass(frozen=True)
 class OpenAIError:

@@ -118,6 +118,7 @@ class ImageEndpoints:
         secrets = self._secrets
 
         async def events() -> AsyncIterator[str]:
+            sent = False
             try:
                 while not make.done():
                     done, _ = await asyncio.wait({make}, timeout=keepalive)
@@ -126,20 +127,24 @@ class ImageEndpoints:
                 try:
                     result = make.result()
                 except DomainError as err:
+                    sent = True  # the error is the answer
                     yield error_event(openai_error(err, secrets))
                     return
                 created = int(time.time())
                 for image in result.images:
                     yield completed_event(kind, image, output, created)
+                sent = True
                 yield DONE
             finally:
                 if not make.done():
                     make.cancel()  # the caller hung up: stop waiting on the upstream
+                answer.delivered(sent)
 
         def closed() -> None:
             # A no-op when events() got to its end; otherwise the body never ran.
             if not make.done():
                 make.cancel()
+            answer.delivered(False)
 
         return _MeteredStream(events(), closed, media_type="text/event-stream", headers=headers)
 

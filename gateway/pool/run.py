@@ -54,10 +54,6 @@ class Pool:
         """Images one upstream call may ask for (ModelUnavailable when none can serve)."""
         return self._select.max_count_per_call(job)
 
-    def check(self, job: Job) -> None:
-        """ModelUnavailable, naming the parameter, when no upstream can do the job."""
-        self._select.candidates(job)
-
     async def run(self, job: Job, deadline: float) -> Run:
         """Run a job on the best slot, moving to others on failures that aren't the caller's.
 
