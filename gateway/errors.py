@@ -13,6 +13,7 @@ its error through Redis), so every error can be written as plain JSON and read b
 from __future__ import annotations
 
 import enum
+import inspect
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
@@ -255,8 +256,10 @@ def to_wire(err: DomainError) -> dict[str, Any]:
 
 
 def from_wire(data: Any) -> DomainError:
-    """An error read back from `to_wire`'s form; SharedFlightFailed for anything else, so
-    a bad value in a shared store can never fail in a new way."""
+    """An error read back from `to_wire`'s form, built by its class's own constructor from
+    the fields it takes (every error keeps its constructor's arguments as attributes), so
+    it is whole or not at all: SharedFlightFailed for anything else, and a bad value in a
+    shared store can never fail in a new way."""
     try:
         cls = _KINDS[data["kind"]]
         fields = dict(data["fields"])
@@ -265,10 +268,7 @@ def from_wire(data: Any) -> DomainError:
                 fields[name] = from_wire(value["error"])
             elif isinstance(value, dict):
                 fields[name] = _ENUMS[value["enum"]](value["value"])
-        message = str(fields["message"])
+        taken = inspect.signature(cls).parameters
+        return cls(**{name: fields[name] for name in taken if name in fields})
     except (KeyError, TypeError, ValueError):
         return SharedFlightFailed()
-    err = cls.__new__(cls)
-    Exception.__init__(err, message)
-    vars(err).update(fields)
-    return err

@@ -203,6 +203,8 @@ def test_wire_round_trip(err: DomainError) -> None:
         {"kind": "Nonexistent", "fields": {"message": "x"}},
         {"kind": "UpstreamError", "fields": {"message": "x", "kind": {"enum": "Nope", "value": 1}}},
         {"kind": "NoCapacity", "fields": {}},
+        {"kind": "NoCapacity", "fields": {"message": "half an error"}},
+        {"kind": "LimitExceeded", "fields": {"message": "x", "limit": "rpm", "bogus": 1}},
         "garbage",
     ],
 )
