@@ -491,3 +491,27 @@ def test_a_caller_hanging_up_on_a_stream_is_metered_and_frees_its_slot(
         == 0
     )
     gw.client(KEY_A).images.generate(prompt="p", response_format="url")
+
+
+def test_a_stream_that_fails_at_once_is_a_plain_error_and_frees_its_slot(
+    fake_factory, gateway_factory
+):
+    fake = fake_factory("acedata")
+    fake.behave("tok-ace-0001", ["bad_request", "ok"])
+    gw = gateway_factory(
+        upstream_toml("ace", fake, ["tok-ace-0001"])
+        + clients_toml(f'name = "team-a"\nkey = "{KEY_A}"\nmax_concurrent_requests = 1')
+        + NO_CACHE_TOML
+    )
+    with pytest.raises(openai.BadRequestError):
+        list(gw.client(KEY_A).images.generate(prompt="p", stream=True))
+    found = settled_metrics(gw)
+    assert of(found, "nano_banana_requests_total") == {
+        labels(
+            endpoint="generations", client="team-a", model="nano-banana", status="400", cache="off"
+        ): 1
+    }
+    usage_now = of(found, "nano_banana_client_limit_usage")
+    assert usage_now[labels(client="team-a", limit="max_concurrent_requests")] == 0
+    # The slot is free: the next request of a one-at-a-time client is served.
+    gw.client(KEY_A).images.generate(prompt="p", response_format="url")

@@ -4,7 +4,6 @@ render its answer as JSON, as JSON pieces (b64_json) or as server-sent events.""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
@@ -28,7 +27,6 @@ from .responses import (
     PartsResponse,
     completed_event,
     error_event,
-    error_response,
     images_b64_parts,
     images_body,
     result_headers,
@@ -88,13 +86,11 @@ class ImageEndpoints:
             policy=policy_for(request.headers, client_allows=True),
             allow_partial=allow_partial(request.headers),
         )
-        try:
-            answer = await self._pipeline.run(Caller(key=bearer(request)), body, context)
-            if answer.output.stream:
-                return await self._stream(request, answer, _EVENT_KIND[endpoint])
-            result = answer.images.result()
-        except DomainError as err:
-            return error_response(openai_error(err, self._secrets))
+        # A DomainError raised here is answered by the app's one error handler.
+        answer = await self._pipeline.run(Caller(key=bearer(request)), body, context)
+        if answer.output.stream:
+            return await self._stream(request, answer, _EVENT_KIND[endpoint])
+        result = answer.images.result()
         if answer.output.response_format == "b64_json":
             return PartsResponse(
                 images_b64_parts(result, answer.output), headers=result_headers(result)
@@ -109,8 +105,17 @@ class ImageEndpoints:
         """SSE answer. A request that fails before the first keep-alive is due still gets a
         plain error status, so SDK apps see the same exception class as without stream."""
         make, output = answer.images, answer.output
-        with contextlib.suppress(TimeoutError):
+        try:
             await asyncio.wait_for(asyncio.shield(make), timeout=self._keepalive)
+        except TimeoutError:
+            pass  # still working: the stream starts with keep-alives
+        except asyncio.CancelledError:
+            make.cancel()
+            answer.delivered(False)
+            raise
+        except Exception:
+            answer.delivered(True)  # answered as a plain error, as without stream
+            raise
         headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
         if make.done():
             headers.update(result_headers(make.result()))

@@ -26,7 +26,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from ..errors import DomainError, from_wire, to_wire
+from ..errors import DomainError, SharedFlightFailed, from_wire, to_wire
 from .entry import Entry, decode, encode
 
 log = logging.getLogger("gateway.cache")
@@ -185,7 +185,7 @@ class SharedStore:
         try:
             return from_wire(json.loads(value[len(b"err:") :]))
         except ValueError:
-            return from_wire(None)
+            return SharedFlightFailed()
 
     async def aclose(self) -> None:
         """Close the connection pool."""
