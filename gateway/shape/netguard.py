@@ -42,6 +42,8 @@ _INTERNAL_SUFFIXES = (".localhost", ".local", ".internal", ".home.arpa", ".lan",
 _LEGACY_IPV4 = re.compile(r"(0x[0-9a-f]+|[0-9]+)(\.(0x[0-9a-f]+|[0-9]+)){0,3}\.?", re.I)
 # Characters on which URL parsers are known to disagree about where the host ends.
 _AMBIGUOUS = re.compile(r"[\\\s\x00-\x1f\x7f]")
+# What a host (a name, in any script, or an IP address) never holds.
+_NOT_IN_HOSTS = re.compile(r"[^\w.\-~:]")
 # NAT64 (RFC 6052) embeds an IPv4 address in the last 32 bits.
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
@@ -167,6 +169,10 @@ class UrlPolicy:
         host = parsed.host.lower().rstrip(".")
         if not host:
             raise RefusedUrl("the URL has no host")
+        if _NOT_IN_HOSTS.search(host):
+            # Percent-escapes and punctuation are no part of a real host name, and parsers
+            # normalise them differently: what is checked must be what is connected to.
+            raise RefusedUrl("the URL's host is not a valid host name")
         port = parsed.port or _DEFAULT_PORTS[parsed.scheme]
         if self.origin_trusted(host, port):
             return str(parsed)
