@@ -156,23 +156,7 @@ class UrlPolicy:
         upstream that is all the gateway can judge. The downloader passes names=False,
         because its resolver judges every name by the addresses it resolves to.
         """
-        if _AMBIGUOUS.search(url):
-            raise RefusedUrl("the URL contains spaces, backslashes or control characters")
-        try:
-            parsed = httpx.URL(url)
-        except (httpx.InvalidURL, ValueError):
-            raise RefusedUrl("the URL cannot be parsed") from None
-        if parsed.scheme not in _DEFAULT_PORTS:
-            raise RefusedUrl("only http and https URLs are allowed")
-        if parsed.userinfo:
-            raise RefusedUrl("URLs with a user name or password are not allowed")
-        host = parsed.host.lower().rstrip(".")
-        if not host:
-            raise RefusedUrl("the URL has no host")
-        if _NOT_IN_HOSTS.search(host):
-            # Percent-escapes and punctuation are no part of a real host name, and parsers
-            # normalise them differently: what is checked must be what is connected to.
-            raise RefusedUrl("the URL's host is not a valid host name")
+        parsed, host = _parse(url)
         port = parsed.port or _DEFAULT_PORTS[parsed.scheme]
         if self.origin_trusted(host, port):
             return str(parsed)
@@ -187,6 +171,29 @@ class UrlPolicy:
         ):
             raise RefusedUrl(f"{host} is an internal host name")
         return str(parsed)
+
+
+def _parse(url: str) -> tuple[httpx.URL, str]:
+    """The URL and its host (lower case, without a trailing dot), if it reads as an http(s)
+    URL with nothing on which parsers disagree; else RefusedUrl."""
+    if _AMBIGUOUS.search(url):
+        raise RefusedUrl("the URL contains spaces, backslashes or control characters")
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError):
+        raise RefusedUrl("the URL cannot be parsed") from None
+    if parsed.scheme not in _DEFAULT_PORTS:
+        raise RefusedUrl("only http and https URLs are allowed")
+    if parsed.userinfo:
+        raise RefusedUrl("URLs with a user name or password are not allowed")
+    host = parsed.host.lower().rstrip(".")
+    if not host:
+        raise RefusedUrl("the URL has no host")
+    if _NOT_IN_HOSTS.search(host):
+        # Percent-escapes and punctuation are no part of a real host name, and parsers
+        # normalise them differently: what is checked must be what is connected to.
+        raise RefusedUrl("the URL's host is not a valid host name")
+    return parsed, host
 
 
 class GuardedResolver(AbstractResolver):
