@@ -16,6 +16,12 @@ with httptools parsing, so the gateway, not the yardstick, is what gets measured
 `GET /stats` answers how many generation calls and image downloads it served, so the
 benchmark can tell whether the gateway's cache answered a request or the upstream did.
 Only ever binds 127.0.0.1.
+
+`POST /_control/errors?seconds=S` (the recovery scenario, bench/recovery.py) makes every
+generation call answer HTTP 500 with AceData's error JSON for the next S seconds; it answers
+`{"now", "errors_until"}` on the monotonic clock. `/stats` also says since when the process
+has been listening (`listening_since`) and how many calls got such a 500 (`errors_answered`),
+so a restart's or a burst's end is known exactly, not to within a polling interval.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import math
 import os
 import signal
 import time
+import urllib.parse
 import uuid
 from typing import Any, cast
 
@@ -35,7 +42,14 @@ import httptools
 import uvloop
 from PIL import Image
 
-_REASONS = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 404: b"Not Found"}
+_REASONS = {
+    200: b"OK",
+    400: b"Bad Request",
+    401: b"Unauthorized",
+    404: b"Not Found",
+    500: b"Internal Server Error",
+}
+_MAX_ERROR_SECONDS = 3600.0
 
 
 def make_png(target_bytes: int) -> bytes:
@@ -60,6 +74,8 @@ class Stats:
         self.generations = 0
         self.images = 0
         self.in_flight = 0
+        self.errors_answered = 0
+        self.listening_since: float | None = None  # monotonic; set once the socket listens
         self.reset_window()
 
     def reset_window(self) -> None:
@@ -89,6 +105,8 @@ class Stats:
                 "max_in_flight": self.max_in_flight,
                 "first_arrival": self.first_arrival,
                 "last_arrival": self.last_arrival,
+                "errors_answered": self.errors_answered,
+                "listening_since": self.listening_since,
             }
         ).encode()
 
@@ -104,6 +122,7 @@ class FakeAceData:
             b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: %d\r\n\r\n" % len(png)
         )
         self.stats = Stats()
+        self.errors_until = 0.0  # monotonic; generation calls before it answer 500
 
 
 def _response(status: int, body: bytes, content_type: bytes = b"application/json") -> bytes:
@@ -181,11 +200,33 @@ class _Connection(asyncio.Protocol):
             if self.url.endswith(b"?reset=1"):
                 stats.reset_window()
             self._write(_response(200, stats.as_json()))
+        elif method == b"POST" and path == b"/_control/errors":
+            self._error_burst()
         else:
             self._write(_ace_error(404, "no_api", "The API does not exist."))
 
+    # control
+    def _error_burst(self) -> None:
+        query = urllib.parse.parse_qs(self.url.partition(b"?")[2].decode("latin-1"))
+        try:
+            seconds = float(query["seconds"][0])
+        except (KeyError, ValueError):
+            seconds = -1.0
+        if not 0 <= seconds <= _MAX_ERROR_SECONDS:  # also refuses nan
+            self._write(_response(400, b"seconds=0..3600 is required", b"text/plain"))
+            return
+        now = time.monotonic()
+        self.fake.errors_until = now + seconds
+        answer = {"now": now, "errors_until": self.fake.errors_until}
+        self._write(_response(200, json.dumps(answer).encode()))
+
     # the API
     def _generate(self) -> None:
+        # The comparison with 0 first: the other scenarios never pay for a clock read.
+        if self.fake.errors_until > 0.0 and time.monotonic() < self.fake.errors_until:
+            self.fake.stats.errors_answered += 1
+            self._write(_ace_error(500, "api_error", "Internal server error."))
+            return
         if not self.auth.startswith(b"Bearer ") or len(self.auth) <= 7:
             self._write(_ace_error(401, "invalid_token", "The token is missing or invalid."))
             return
@@ -248,6 +289,7 @@ async def serve(host: str, port: int, latency: float, image_bytes: int) -> None:
     server = await loop.create_server(
         lambda: _Connection(fake), host, port, backlog=4096, reuse_address=True
     )
+    fake.stats.listening_since = time.monotonic()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

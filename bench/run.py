@@ -20,6 +20,8 @@ Scenarios:
   long      upstream latency 10 s, 2,000 requests waiting together: arriving over 5 s,
             then (fresh processes) arriving in one instant; all must succeed
   big       8 MiB PNGs as b64_json, 16 clients: MB/s delivered and peak memory
+  recovery  (only when named) the provider restarted, then 3 s of HTTP 500s: seconds from
+            its return to the first success and to steady service (bench/recovery.py)
 
 Peak memory is VmHWM from /proc, so each scenario gets fresh processes. CPU is utime+stime
 from /proc, per process, read around each measured run.
@@ -754,12 +756,23 @@ def scenario_big(settings: Settings, tmp: Path) -> dict[str, Any]:
     return out
 
 
+def scenario_recovery(settings: Settings, tmp: Path) -> dict[str, Any]:
+    """Seconds from the provider's return to the first success and to steady service."""
+    import recovery  # here, not at the top: bench/recovery.py imports this module
+
+    return recovery.scenario(settings, tmp)
+
+
 SCENARIOS: dict[str, Callable[[Settings, Path], dict[str, Any]]] = {
     "overhead": scenario_overhead,
     "cache": scenario_cache,
     "long": scenario_long,
     "big": scenario_big,
+    "recovery": scenario_recovery,
 }
+# Run only when named: a round lasts as long as the gateway takes to recover (half a
+# minute with a 30 s breaker), and the default set is what the smoke test runs.
+OPT_IN = ("recovery",)
 
 
 # --------------------------------------------------------------------------- targets
@@ -871,8 +884,23 @@ def verdicts(results: dict[str, Any], settings: Settings) -> list[Verdict]:
                 f"{gw['image_mb_per_s']} MB/s of images",
             )
         )
+    for case, r in results.get("recovery", {}).get("cases", {}).items():
+        for key, what in (("first_success_s", "first success"), ("steady_s", "steady service")):
+            worst = r[key]["max"]  # None: not reached in some round
+            out.append(
+                Verdict(
+                    "recovery",
+                    f"{case}: s from return to {what}, worst round",
+                    worst if worst is not None else "not reached",
+                    "<= 1",
+                    check(worst is not None and worst <= 1),
+                    f"median {r[key]['median']} s; {r['failed']} failed, {r['ok']} ok",
+                )
+            )
     if settings.quick:
         for v in out:
+            if v.scenario == "recovery":
+                continue  # --quick runs fewer rounds of it, each as long and as telling
             v.note = ("quick run: sizes too small to judge; " + v.note).rstrip("; ")
     return out
 
@@ -957,8 +985,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a few hundred requests in all")
     parser.add_argument(
         "--scenario",
-        default=",".join(SCENARIOS),
-        help="comma-separated subset of " + ", ".join(SCENARIOS),
+        default=",".join(s for s in SCENARIOS if s not in OPT_IN),
+        help="comma-separated subset of " + ", ".join(SCENARIOS) + " (recovery: only if named)",
     )
     parser.add_argument(
         "--rounds", type=int, default=0, help="alternating rounds per case (default 3, quick 1)"

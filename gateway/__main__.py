@@ -6,6 +6,7 @@ import argparse
 import gc
 import logging
 import math
+import resource
 import sys
 from collections.abc import Callable
 from types import FrameType
@@ -14,6 +15,9 @@ import uvicorn
 
 from . import logscrub
 from .config import ConfigError, load_config
+from .protocol import ReadLimits, protocol_with
+
+log = logging.getLogger("gateway")
 
 # uvicorn's own drain deadline, past the app's grace period: the app answers its cut-off
 # requests with a 503 at the grace period, and these seconds let those answers go out
@@ -33,6 +37,20 @@ class _Server(uvicorn.Server):
         """The signal handler: start the app's grace period, then uvicorn's shutdown."""
         self._on_exit()
         super().handle_exit(sig, frame)
+
+
+def _raise_file_limit() -> None:
+    """Lift the soft open-file limit to the hard one. Each request waiting on an upstream
+    holds two sockets (caller and upstream), and distros often ship a soft limit of 1024,
+    which a few hundred callers use up."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass  # e.g. an unlimited hard limit that the kernel caps lower: keep the soft one
+    log.info("open-file limit: %s (hard limit %s)", soft, hard)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
 
+    _raise_file_limit()
     from .app import create_app
 
     app = create_app(config, bind_host=args.host)
@@ -83,7 +102,16 @@ def main(argv: list[str] | None = None) -> int:
         # The fastest settings the stack offers (both come with uvicorn[standard]); named
         # rather than "auto" so a missing one fails the start instead of slowing it.
         loop="uvloop",
-        http="httptools",
+        # uvicorn's httptools protocol, with the reading of each request bounded in time
+        # and size (gateway/protocol.py): uvicorn itself waits forever on a client that
+        # stops half way through its request.
+        http=protocol_with(
+            ReadLimits(
+                head_seconds=config.server.header_timeout_seconds,
+                body_seconds=config.server.body_timeout_seconds,
+                max_head_bytes=config.server.max_header_bytes,
+            )
+        ),
         # Image calls take minutes: on SIGTERM stop accepting, let in-flight ones
         # finish (the app cuts them off at shutdown_grace_seconds).
         timeout_graceful_shutdown=math.ceil(config.server.shutdown_grace_seconds) + _ANSWER_SECONDS,

@@ -79,6 +79,13 @@ class BodyTooLarge(DomainError):
         self.max_bytes = max_bytes
 
 
+class ClientGone(DomainError):
+    """The caller hung up (or was cut off for stalling) before its request had arrived."""
+
+    def __init__(self) -> None:
+        super().__init__("The client closed the connection before its request was complete.")
+
+
 class ModelNotFound(DomainError):
     """The requested model is neither a Nano Banana model nor an alias of one."""
 

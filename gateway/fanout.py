@@ -75,8 +75,10 @@ class FanOut:
     ) -> tuple[list[tuple[str, str]], list[DomainError]]:
         """(image link, upstream name) for each image made, and the failures on the way.
 
-        Images an upstream call did not return (a provider may return fewer than asked)
-        are asked for once more, unless a failure was the caller's own.
+        Images a successful upstream call did not return (a provider may return fewer
+        than asked) are asked for once more. A call that failed is not: the pool has
+        already retried it as far as its attempts allow, and a second round would only
+        double the calls to a failing provider.
         """
         deadline = time.monotonic() + self._deadline_seconds
         per_call = self._pool.max_count_per_call(job)
@@ -87,14 +89,18 @@ class FanOut:
             if missing <= 0 or time.monotonic() >= deadline:
                 break
             calls = [job.with_count(c) for c in split_count(missing, per_call)]
-            for outcome in await _outcomes([self._pool.run(c, deadline) for c in calls]):
+            short = False
+            for call, outcome in zip(
+                calls, await _outcomes([self._pool.run(c, deadline) for c in calls]), strict=True
+            ):
                 if isinstance(outcome, DomainError):
                     result.attempts.extend(outcome.attempts)
                     errors.append(self._scrubbed(outcome))
                     continue
                 _note(result, outcome)
                 made += [(link, outcome.upstream) for link in outcome.result.images]
-            if any(callers_fault(e) for e in errors):
+                short = short or len(outcome.result.images) < call.count
+            if not short or any(callers_fault(e) for e in errors):
                 break
         return made[: job.count], errors
 

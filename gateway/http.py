@@ -3,20 +3,42 @@
 One httpx client per upstream (and one for image downloads) for the life of the process,
 over aiohttp's connection pool: measured on this kind of machine it holds thousands of
 slow upstream calls with far less queueing than httpx's own pool.
+
+A call that dies on a reused keep-alive connection within moments and before any byte of
+an answer came back met a connection the peer had already closed (its idle timer fired as
+we sent, it restarted, or we were paused past its keep-alive timeout), so the provider
+never handled it: it is sent again at once, not reported as a failure. aiohttp does that
+itself only for idempotent methods, and the provider calls are POSTs.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from types import SimpleNamespace
 
 import aiohttp
 import httpx
+from aiohttp import ClientOSError, ClientRequest, ClientResponse, ServerDisconnectedError
 from aiohttp.abc import AbstractResolver
+from aiohttp.client_middlewares import ClientHandlerType, ClientMiddlewareType
+from aiohttp.payload import BytesPayload
 from httpx_aiohttp import AiohttpTransport
 
 # Image calls wait minutes each, so thousands may be open at once; aiohttp's default of
 # 100 connections would queue them behind each other.
 MAX_CONNECTIONS = 4096
+
+# Re-sends of one call after stale connections. After a provider restart several pooled
+# connections may all be dead, so one is not enough; past this the failure is real.
+MAX_STALE_RETRIES = 3
+
+# A stale connection fails within a round trip of being used. A reused connection that
+# fails later than this had the request in the provider's hands long enough for it to act
+# on it (and bill it): sending it again could make the images twice.
+STALE_WINDOW_SECONDS = 5.0
 
 
 class TooLarge(Exception):
@@ -69,22 +91,90 @@ class _Client(httpx.AsyncClient):
         return self._no_cookies
 
 
+@dataclass
+class _Attempt:
+    """One send of a request: when (loop time) it took a pooled connection, if it did."""
+
+    reused_at: float | None = None
+
+
+# The attempt the current task is making. The connector reports reuse through a trace
+# callback that runs in the requesting task, so a per-task value ties the signal to its
+# request; concurrent requests are other tasks, each with its own value.
+_attempt: ContextVar[_Attempt | None] = ContextVar("gateway_http_attempt", default=None)
+
+
+async def _on_reuse(
+    session: aiohttp.ClientSession,
+    ctx: SimpleNamespace,
+    params: aiohttp.TraceConnectionReuseconnParams,
+) -> None:
+    attempt = _attempt.get()
+    if attempt is not None:
+        attempt.reused_at = asyncio.get_running_loop().time()
+
+
+def _was_stale(exc: Exception, attempt: _Attempt, req: ClientRequest) -> bool:
+    """Whether a failed send can only have met a connection the peer had already given up."""
+    if attempt.reused_at is None:
+        return False  # a fresh connection failing is the provider's failure
+    if asyncio.get_running_loop().time() - attempt.reused_at > STALE_WINDOW_SECONDS:
+        return False
+    if isinstance(exc, ServerDisconnectedError) and not isinstance(exc.message, str):
+        # Part of an answer's head arrived: the provider was answering. (aiohttp's C parser
+        # reports even a partial status line; its pure-Python one only whole lines.)
+        return False
+    # Bytes (httpx hands over a read body as bytes) can be sent again; a stream cannot.
+    return isinstance(req.body, bytes | BytesPayload)
+
+
+def _stale_retry(on_stale: Callable[[], None] | None) -> ClientMiddlewareType:
+    """Middleware sending a request again when it met a stale pooled connection.
+
+    Everything the handler raises came before the answer's head was read (it returns once
+    the head is in), so no answer is ever thrown away."""
+
+    async def middleware(req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        retries = 0
+        while True:
+            attempt = _Attempt()
+            token = _attempt.set(attempt)
+            try:
+                return await handler(req)
+            except (ServerDisconnectedError, ClientOSError) as exc:
+                if retries >= MAX_STALE_RETRIES or not _was_stale(exc, attempt, req):
+                    raise
+            finally:
+                _attempt.reset(token)
+            # The failed attempt's body writer must settle before the body goes out again.
+            await req.close()
+            retries += 1
+            if on_stale is not None:
+                on_stale()
+
+    return middleware
+
+
 def make_client(
     base_url: str = "",
     *,
     timeout: float,
     max_connections: int = MAX_CONNECTIONS,
     resolver: Callable[[], AbstractResolver] | None = None,
+    on_stale: Callable[[], None] | None = None,
 ) -> httpx.AsyncClient:
     """An httpx client over the aiohttp transport, for one upstream or the image fetcher.
 
     No proxies or netrc from the environment: the gateway talks to what it is told (and a
     proxy would resolve names itself, past a guarding `resolver`, which is built with the
     session, inside the running loop). Redirects are not followed: the fetcher checks
-    every hop itself."""
+    every hop itself. A call that met a stale keep-alive connection is sent again at once
+    (see the module's docstring); `on_stale` is told of each such re-send."""
 
     def session() -> aiohttp.ClientSession:
         # Built lazily, inside the running loop, as aiohttp requires.
+        reuse = aiohttp.TraceConfig()
+        reuse.on_connection_reuseconn.append(_on_reuse)
         return aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
                 limit=max_connections,
@@ -92,6 +182,8 @@ def make_client(
                 resolver=resolver() if resolver is not None else None,
             ),
             trust_env=False,
+            middlewares=(_stale_retry(on_stale),),
+            trace_configs=[reuse],
         )
 
     # The transport calls the factory on its first request and keeps the session.

@@ -11,6 +11,7 @@ from gateway.api.errors import INTERNAL, OpenAIError, openai_error, status_of
 from gateway.errors import (
     BodyTooLarge,
     CapacityTimeout,
+    ClientGone,
     DomainError,
     DownloadFailed,
     DownloadRefused,
@@ -44,6 +45,7 @@ ROWS: list[tuple[DomainError, int, str, str | None, str | None, dict[str, str]]]
         {},
     ),
     (BodyTooLarge(10), 413, "invalid_request_error", "request_too_large", None, {}),
+    (ClientGone(), 499, "invalid_request_error", "client_closed_request", None, {}),
     (ModelNotFound("x", "no x"), 404, "invalid_request_error", "model_not_found", "model", {}),
     (
         ModelUnavailable("model", "nobody"),
@@ -104,7 +106,22 @@ ROWS: list[tuple[DomainError, int, str, str | None, str | None, dict[str, str]]]
         None,
         {"retry-after": "30"},
     ),
-    (CapacityTimeout(), 504, "server_error", "upstream_timeout", None, {}),
+    (
+        NoCapacity("benched", retry_after=3600, rate_limited=False),
+        503,
+        "server_error",
+        "upstreams_unavailable",
+        None,
+        {"retry-after": "3600", "x-should-retry": "false"},
+    ),
+    (
+        CapacityTimeout(),
+        504,
+        "server_error",
+        "upstream_timeout",
+        None,
+        {"x-should-retry": "false"},
+    ),
     (
         ShuttingDown(),
         503,
@@ -113,7 +130,14 @@ ROWS: list[tuple[DomainError, int, str, str | None, str | None, dict[str, str]]]
         None,
         {"retry-after": "1", "connection": "close"},
     ),
-    (PartialResult(1, 3), 502, "server_error", "partial_result", None, {}),
+    (
+        PartialResult(1, 3),
+        502,
+        "server_error",
+        "partial_result",
+        None,
+        {"x-should-retry": "false"},
+    ),
     (DownloadFailed("nope"), 502, "server_error", "image_download_failed", None, {}),
     (DownloadRefused("internal"), 502, "server_error", "image_download_refused", None, {}),
     (DownloadTimeout(), 504, "server_error", "image_download_timeout", None, {}),
@@ -143,6 +167,46 @@ def test_table(
     assert answer.body() == {
         "error": {"message": answer.message, "type": type_, "param": param, "code": code}
     }
+
+
+NO_RETRY = {"x-should-retry": "false"}
+
+
+@pytest.mark.parametrize(
+    ("err", "status", "code", "headers"),
+    [
+        (UpstreamError(FailureKind.BAD_REQUEST, "no"), 400, "invalid_request", {}),
+        (UpstreamError(FailureKind.SAFETY, "no"), 400, "content_policy_violation", {}),
+        # After the pool's own retries: the SDK is told not to add its own...
+        (UpstreamError(FailureKind.SERVER_ERROR, "500"), 502, "upstream_error", NO_RETRY),
+        (UpstreamError(FailureKind.CONNECTION, "reset"), 502, "upstream_error", NO_RETRY),
+        (UpstreamError(FailureKind.MALFORMED, "?"), 502, "upstream_error", NO_RETRY),
+        (UpstreamError(FailureKind.TIMEOUT, "late"), 504, "upstream_timeout", NO_RETRY),
+        (UpstreamError(FailureKind.AUTH, "401"), 502, "upstream_token_unusable", NO_RETRY),
+        (UpstreamError(FailureKind.BALANCE, "0"), 502, "upstream_token_unusable", NO_RETRY),
+        (UpstreamError(FailureKind.RATE_LIMITED, "429"), 429, "rate_limit_exceeded", NO_RETRY),
+        # ...unless a retry-after says when one is worth it.
+        (
+            UpstreamError(FailureKind.RATE_LIMITED, "429", retry_after=2.2),
+            429,
+            "rate_limit_exceeded",
+            {"retry-after": "3"},
+        ),
+        (
+            UpstreamError(FailureKind.SERVER_ERROR, "500", task_id="t-9"),
+            502,
+            "upstream_error",
+            {"x-upstream-task-id": "t-9", **NO_RETRY},
+        ),
+    ],
+    ids=lambda v: v.kind.value if isinstance(v, UpstreamError) else None,
+)
+def test_upstream_errors_and_the_sdks_own_retries(
+    err: UpstreamError, status: int, code: str, headers: dict[str, str]
+) -> None:
+    answer = openai_error(err)
+    assert (answer.status, answer.code) == (status, code)
+    assert dict(answer.headers) == headers
 
 
 def test_every_domain_error_has_a_row() -> None:

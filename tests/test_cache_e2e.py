@@ -153,10 +153,12 @@ def test_errors_are_not_cached(fake_factory, gateway_factory):
 
 
 def test_a_failed_leader_fails_its_waiters_and_nobody_hangs(fake_factory, gateway_factory):
-    fake = fake_factory("acedata", latency=0.4)
-    fake.behave("tok-1", "server_error")
+    fake = fake_factory("acedata")
+    # A failure that takes a while (the call times out), so that the five requests below
+    # all arrive while the first one's flight is still out.
+    fake.behave("tok-1", "timeout", sleep=5)
     gw = gateway_factory(
-        upstream_toml("ace", fake, ["tok-1"])
+        upstream_toml("ace", fake, ["tok-1"], extra="timeout_seconds = 0.4")
         + CLIENTS_TOML
         # Breakers that never open: each flight really calls the upstream.
         + "[pool]\nmax_attempts = 1\nbreaker_threshold = 100\nupstream_breaker_threshold = 100\n"
@@ -181,6 +183,7 @@ def test_a_failed_leader_fails_its_waiters_and_nobody_hangs(fake_factory, gatewa
     # Five separate flights would have called at least five times.
     burst_calls = len(fake.generation_calls()) - calls_alone
     assert 1 <= burst_calls <= calls_alone < 5, "five requests, one flight"
+    assert alone.value.status_code == 504
 
 
 def test_ttl_expiry(fake_factory, gateway_factory):

@@ -226,7 +226,8 @@ UPSTREAM = '[[upstreams]]\nname = "u"\ntype = "acedata"\ntokens = ["tok-1"]\n'
             "[pool]\nmax_atempts = 2\n",
             "pool.max_atempts: unknown setting (allowed: bench_seconds, breaker_seconds, "
             "breaker_threshold, cooldown_max_seconds, cooldown_seconds, deadline_seconds, "
-            "max_attempts, retry_backoff_seconds, upstream_breaker_threshold); "
+            "max_attempts, panic_concurrency, panic_wait_seconds, probe_interval_seconds, "
+            "retry_backoff_seconds, upstream_breaker_threshold); "
             "did you mean max_attempts?",
             id="unknown-key-suggests",
         ),

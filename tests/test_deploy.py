@@ -55,6 +55,12 @@ COUNTERS = {
     "nano_banana_cache_upstream_calls_saved_total",
     "nano_banana_cache_evictions_total",
     "nano_banana_cache_redis_errors_total",
+    "nano_banana_upstream_ejections_total",
+    "nano_banana_upstream_trials_total",
+    "nano_banana_upstream_recoveries_total",
+    "nano_banana_upstream_outage_seconds_total",
+    "nano_banana_upstream_panic_calls_total",
+    "nano_banana_upstream_stale_connection_retries_total",
 }
 HISTOGRAMS = {
     "nano_banana_request_duration_seconds",
@@ -66,6 +72,7 @@ GAUGES = {
     "nano_banana_token_inflight",
     "nano_banana_upstream_state",
     "nano_banana_upstream_tokens_available",
+    "nano_banana_upstream_panic_inflight",
     "nano_banana_cache_bytes",
     "nano_banana_cache_entries",
     "nano_banana_cache_redis_up",

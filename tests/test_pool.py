@@ -190,12 +190,21 @@ def test_failing_upstream_requests_move_elsewhere(fake_factory, gateway_factory,
     responses = _generate(gw, 10)
     assert all(r.data for r in responses)
     assert len(good.generation_calls()) == 10
-    # The breaker opened after 3 failures in a row: the broken upstream stops getting calls.
-    assert len(bad.generation_calls()) <= 3
+    # The breaker opened after 3 failures in a row: from then on the broken upstream only
+    # gets trial calls, the first 0.5 s later, each next one twice as late.
+    times = [r.time for r in bad.generation_calls()]
+    assert len(times) >= 3
+    gaps = [b - a for a, b in itertools.pairwise(times[2:])]
+    # (Trials go with the first request after their time, so a gap may be a little longer.)
+    assert all(gap >= 0.45 * 2**i for i, gap in enumerate(gaps)), gaps
     snapshot = {u["name"]: u for u in gw.admin()["upstreams"]}
-    assert snapshot["bad"]["state"] == "broken"
-    assert snapshot["bad"]["returns_in_seconds"] > 50
-    assert 'nano_banana_upstream_state{state="broken",upstream="bad"} 1.0' in gw.metrics()
+    assert snapshot["bad"]["state"] in ("broken", "probing")
+    assert snapshot["bad"]["breaker"]["ejections"] == 1
+    assert snapshot["bad"]["breaker"]["trials_failed"] == len(times) - 3
+    assert snapshot["good"]["state"] == "ok"
+    # Provider failures are the upstream's: no token of it was put out of service.
+    assert {t["state"] for t in snapshot["bad"]["tokens"]} == {"ok"}
+    assert 'nano_banana_upstream_state{state="ok",upstream="bad"} 0.0' in gw.metrics()
     outcome = {
         "server_error": "server_error",
         "drop": "connection",
@@ -208,26 +217,34 @@ def test_failing_upstream_requests_move_elsewhere(fake_factory, gateway_factory,
     )
 
 
-def test_broken_upstream_is_probed_and_recovers(fake_factory, gateway_factory):
+def test_lone_broken_upstream_takes_panic_calls_and_recovers(fake_factory, gateway_factory):
     flaky = fake_factory("acedata")
     flaky.behave("f1", ["server_error", "server_error", "ok"])
     gw = gateway_factory(
         upstream_toml("flaky", flaky, ["f1"])
         + CLIENTS_TOML
         + "[pool]\nmax_attempts = 1\nbreaker_threshold = 2\nupstream_breaker_threshold = 2\n"
-        + "breaker_seconds = 0.4\nretry_backoff_seconds = 0.01\n"
+        + "probe_interval_seconds = 30\nbreaker_seconds = 60\nretry_backoff_seconds = 0.01\n"
+        + "[cache]\nenabled = false\n"
     )
     for _ in range(2):
-        with pytest.raises(openai.InternalServerError):
+        with pytest.raises(openai.InternalServerError) as info:
             _generate(gw, 1)
-    assert gw.admin()["upstreams"][0]["state"] == "broken"
-    with pytest.raises(openai.InternalServerError) as info:
-        _generate(gw, 1)
-    assert info.value.status_code == 503, "skipped while broken, not called"
-    assert len(flaky.generation_calls()) == 2
-    time.sleep(0.45)
-    assert _generate(gw, 1)[0].data  # the probe succeeds
-    assert gw.admin()["upstreams"][0]["state"] == "ok"
+        assert info.value.status_code == 502
+        # The gateway retried already; the SDK is told not to multiply the calls.
+        assert info.value.response.headers["x-should-retry"] == "false"
+    upstream = gw.admin()["upstreams"][0]
+    assert upstream["state"] == "broken" and upstream["returns_in_seconds"] > 25
+    assert upstream["tokens"][0]["state"] == "ok", "a provider failure is not the token's"
+    # Its first trial is 30 s away, but nothing else could serve: the request goes to it
+    # anyway (panic) rather than being refused, and the provider's good answer ends it.
+    assert _generate(gw, 1)[0].data
+    upstream = gw.admin()["upstreams"][0]
+    assert upstream["state"] == "ok"
+    assert upstream["breaker"]["recoveries"] == 1 and upstream["breaker"]["panic_calls"] == 1
+    assert upstream["breaker"]["trials_ok"] == 1
+    assert len(flaky.generation_calls()) == 3
+    assert 'nano_banana_upstream_recoveries_total{upstream="flaky"} 1.0' in gw.metrics()
 
 
 def test_callers_fault_is_not_retried(fake_factory, gateway_factory):

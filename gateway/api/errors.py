@@ -17,6 +17,7 @@ from typing import Any
 from ..errors import (
     BodyTooLarge,
     CapacityTimeout,
+    ClientGone,
     DomainError,
     DownloadFailed,
     DownloadRefused,
@@ -65,6 +66,14 @@ def _retry_after(seconds: float) -> str:
     return str(max(1, math.ceil(seconds)))
 
 
+# The OpenAI SDKs retry 408, 409, 429 and 5xx twice by themselves, waiting `retry-after`
+# when it is at most a minute. Where the gateway has already retried on its own slots, a
+# retry from the SDK only multiplies upstream calls (3 x max_attempts for one request):
+# `x-should-retry: false` tells the SDK so, unless a `retry-after` says when it is worth it.
+_SDK_RETRY_AFTER_MAX = 60
+_NO_RETRY = {"x-should-retry": "false"}
+
+
 def _upstream(err: UpstreamError, secrets: tuple[str, ...]) -> OpenAIError:
     message = scrub(err.message, secrets)
     headers: dict[str, str] = {}
@@ -88,9 +97,12 @@ def _upstream(err: UpstreamError, secrets: tuple[str, ...]) -> OpenAIError:
             code="content_policy_violation",
             headers=headers,
         )
+    # Past here the pool has given up after its own retries.
+    if kind is FailureKind.RATE_LIMITED and err.retry_after is not None:
+        headers["retry-after"] = _retry_after(err.retry_after)
+    else:
+        headers.update(_NO_RETRY)
     if kind is FailureKind.RATE_LIMITED:
-        if err.retry_after is not None:
-            headers["retry-after"] = _retry_after(err.retry_after)
         return OpenAIError(
             429,
             "The upstream is rate-limiting the gateway; please retry shortly.",
@@ -141,6 +153,9 @@ def _limit(err: LimitExceeded) -> OpenAIError:
 
 def _no_capacity(err: NoCapacity) -> OpenAIError:
     headers = {"retry-after": str(err.retry_after)}
+    if err.retry_after > _SDK_RETRY_AFTER_MAX:
+        # The SDK would not wait that long, but retry at once: pointless.
+        headers.update(_NO_RETRY)
     if err.rate_limited:
         return OpenAIError(
             429, err.message, type="requests", code="rate_limit_exceeded", headers=headers
@@ -153,7 +168,7 @@ def _no_capacity(err: NoCapacity) -> OpenAIError:
 def _partial(err: PartialResult, secrets: tuple[str, ...]) -> OpenAIError:
     cause = openai_error(err.cause, secrets).message if err.cause is not None else None
     message = PartialResult.text(err.made, err.asked, cause)
-    return OpenAIError(502, message, type="server_error", code="partial_result")
+    return OpenAIError(502, message, type="server_error", code="partial_result", headers=_NO_RETRY)
 
 
 def _server(status: int, code: str) -> Callable[[DomainError], OpenAIError]:
@@ -165,6 +180,9 @@ def _server(status: int, code: str) -> Callable[[DomainError], OpenAIError]:
 _TABLE: dict[type[DomainError], Callable[[Any], OpenAIError]] = {
     InvalidParameter: lambda e: OpenAIError(400, e.message, param=e.param, code=e.code),
     BodyTooLarge: lambda e: OpenAIError(413, e.message, code="request_too_large"),
+    # Nobody reads this answer; 499 (as nginx logs it) is what metering and the usage log
+    # record, so a hang-up is neither a 4xx the caller caused nor the gateway's 500.
+    ClientGone: lambda e: OpenAIError(499, e.message, code="client_closed_request"),
     ModelNotFound: lambda e: OpenAIError(404, e.message, param="model", code="model_not_found"),
     ModelUnavailable: lambda e: OpenAIError(
         400, e.message, param=e.param, code="model_not_available" if e.param == "model" else None
@@ -179,7 +197,9 @@ _TABLE: dict[type[DomainError], Callable[[Any], OpenAIError]] = {
     LimitExceeded: _limit,
     NotFound: lambda e: OpenAIError(404, e.message, code="not_found"),
     NoCapacity: _no_capacity,
-    CapacityTimeout: _server(504, "upstream_timeout"),
+    CapacityTimeout: lambda e: OpenAIError(
+        504, e.message, type="server_error", code="upstream_timeout", headers=_NO_RETRY
+    ),
     ShuttingDown: lambda e: OpenAIError(
         503,
         e.message,

@@ -17,10 +17,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from starlette.datastructures import UploadFile
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.types import Message
 
-from ..errors import BodyTooLarge, InvalidParameter, invalid
+from ..errors import BodyTooLarge, ClientGone, InvalidParameter, invalid
 from ..fields import BY_NAME, EDITS, FIELDS, FILE, GENERATIONS, JSON, MAX_IMAGES, Field, names
 from ..http import TooLarge, declared_too_large, read_capped
 from ..shape.media import BadImage, decode_data_uri, inspect_image, to_data_uri
@@ -69,6 +69,8 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
         return await read_capped(request.stream(), max_bytes, declared=declared)
     except TooLarge:
         raise BodyTooLarge(max_bytes) from None
+    except ClientDisconnect:
+        raise ClientGone() from None
 
 
 def _check_declared_length(request: Request, max_bytes: int) -> None:
@@ -126,6 +128,8 @@ async def parse_edit(request: Request, *, max_bytes: int, policy: UrlPolicy) -> 
         )
     except BodyTooLarge:
         raise
+    except ClientDisconnect:
+        raise ClientGone() from None
     except Exception as exc:  # malformed multipart: python-multipart raises several types
         detail = str(getattr(exc, "detail", "") or exc)
         if "too many files" in detail.lower():

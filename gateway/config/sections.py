@@ -93,11 +93,22 @@ class PoolConfig(Section):
         5.0, "a 429 without retry-after cools this long, doubling", ge=0
     )
     cooldown_max_seconds: Number = setting(300.0, "the longest cooldown", ge=0)
-    breaker_threshold: WholeNumber = setting(3, "server errors in a row that break a token", ge=1)
-    upstream_breaker_threshold: WholeNumber = setting(
-        5, "... that skip the whole upstream until a probe succeeds", ge=1
+    breaker_threshold: WholeNumber = setting(
+        3, "provider failures in a row on one token, its siblings fine, that break it", ge=1
     )
-    breaker_seconds: Number = setting(30.0, "how long a broken token is left alone", ge=0)
+    upstream_breaker_threshold: WholeNumber = setting(
+        5, "provider failures in a row (5xx, timeouts, connections) that break an upstream", ge=1
+    )
+    probe_interval_seconds: Number = setting(
+        0.5, "a broken upstream or token takes a trial call this soon (doubling per failure)", ge=0
+    )
+    breaker_seconds: Number = setting(5.0, "the longest wait between two trial calls", ge=0)
+    panic_concurrency: WholeNumber = setting(
+        2, "calls at once to a broken upstream when no healthy one is left (panic)", ge=1
+    )
+    panic_wait_seconds: Number = setting(
+        2.0, "how long a request waits for a panic call before a 503", ge=0
+    )
     retry_backoff_seconds: Number = setting(
         0.25, "first wait before a retry (doubles, at most 2 s)", ge=0
     )
@@ -274,6 +285,23 @@ class ServerConfig(Section):
     )
     metrics_host: Text | None = setting(
         None, "address for metrics_port; absent: the --host address", example="0.0.0.0"
+    )
+    # A client that stops sending holds its socket (and the process's file limit) until
+    # one of these closes it; honest clients send a head in milliseconds.
+    header_timeout_seconds: Number = setting(
+        20.0,
+        "request line + headers must arrive within this, counted from the connect (or, on a "
+        "kept-alive connection, from the request's first byte)",
+        ge=0.1,
+    )
+    body_timeout_seconds: Number = setting(
+        60.0,
+        "the whole body must arrive within this after the headers (10 MB in 60 s needs "
+        "1.4 Mbit/s: raise it for slow uplinks)",
+        ge=0.1,
+    )
+    max_header_bytes: WholeNumber = setting(
+        64 * 1024, "a larger request head (URL + header names and values) gets a 431", ge=1024
     )
 
     @field_validator("metrics_host")

@@ -18,17 +18,18 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from ..admission.limits import Limiter
-    from ..pool import Pool
+    from ..pool import Pool, UpstreamView
 
 # Image calls take from a fraction of a second (a cache hit, a refusal) to minutes (4K images
 # at a slow provider): 0.1 s to 10 min, the OpenAI SDK's own timeout.
 _LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600)
 _STATES = ("ok", "cooling", "benched", "broken")
+_UPSTREAM_STATES = ("ok", "broken", "probing", "panic")
 
 
 class Metrics:
@@ -207,7 +208,7 @@ class PoolCollector(Collector):
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         token_state = GaugeMetricFamily(
             "nano_banana_token_state",
             "1 for each token's current state (ok, cooling, benched, broken).",
@@ -220,7 +221,9 @@ class PoolCollector(Collector):
         )
         upstream_state = GaugeMetricFamily(
             "nano_banana_upstream_state",
-            "1 for each upstream's breaker state (ok, broken).",
+            "1 for each upstream's breaker state: ok, broken (out, its next trial not yet "
+            "due), probing (a trial call due or out), panic (taking calls though broken, "
+            "since nothing healthy is left).",
             labels=["upstream", "state"],
         )
         available = GaugeMetricFamily(
@@ -228,6 +231,7 @@ class PoolCollector(Collector):
             "Tokens of each upstream that could take a request now.",
             labels=["upstream"],
         )
+        breaker = _BreakerFamilies()
         for upstream in self._pool.view():
             for token in upstream.tokens:
                 for state in _STATES:
@@ -235,12 +239,67 @@ class PoolCollector(Collector):
                         [upstream.name, token.id, state], 1.0 if state == token.state.value else 0.0
                     )
                 token_inflight.add_metric([upstream.name, token.id], float(token.inflight))
-            for state in ("ok", "broken"):
+            for state in _UPSTREAM_STATES:
                 upstream_state.add_metric(
                     [upstream.name, state], 1.0 if upstream.state.value == state else 0.0
                 )
             available.add_metric([upstream.name], float(upstream.tokens_available))
+            breaker.add(upstream)
         yield token_state
         yield token_inflight
         yield upstream_state
         yield available
+        yield from breaker.families()
+
+
+class _BreakerFamilies:
+    """The breaker's counters, per upstream, from the pool's view."""
+
+    def __init__(self) -> None:
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> CounterMetricFamily:
+            return CounterMetricFamily(name, doc, labels=["upstream", *labels])
+
+        self.ejections = counter(
+            "nano_banana_upstream_ejections", "Times the upstream's breaker opened."
+        )
+        self.trials = counter(
+            "nano_banana_upstream_trials",
+            "Trial and panic calls to a broken upstream, by result (ok, failed).",
+            ("result",),
+        )
+        self.recoveries = counter(
+            "nano_banana_upstream_recoveries", "Times a broken upstream answered well again."
+        )
+        self.outage = counter(
+            "nano_banana_upstream_outage_seconds",
+            "Seconds upstreams spent broken, counted when each outage ends.",
+        )
+        self.panic = counter(
+            "nano_banana_upstream_panic_calls",
+            "Calls sent to a broken upstream because no healthy one was left.",
+        )
+        self.stale = counter(
+            "nano_banana_upstream_stale_connection_retries",
+            "Calls re-sent at once on a fresh connection after a kept-alive one turned "
+            "out closed (not counted as failures).",
+        )
+        self.panic_inflight = GaugeMetricFamily(
+            "nano_banana_upstream_panic_inflight",
+            "Panic calls in flight to each upstream.",
+            labels=["upstream"],
+        )
+
+    def add(self, upstream: UpstreamView) -> None:
+        name, b = upstream.name, upstream.breaker
+        self.ejections.add_metric([name], b.ejections)
+        self.trials.add_metric([name, "ok"], b.trials_ok)
+        self.trials.add_metric([name, "failed"], b.trials_failed)
+        self.recoveries.add_metric([name], b.recoveries)
+        self.outage.add_metric([name], b.outage_seconds_total)
+        self.panic.add_metric([name], b.panic_calls)
+        self.stale.add_metric([name], b.stale_connection_retries)
+        self.panic_inflight.add_metric([name], upstream.panic_inflight)
+
+    def families(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        yield from (self.ejections, self.trials, self.recoveries, self.outage, self.panic)
+        yield from (self.stale, self.panic_inflight)

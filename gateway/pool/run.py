@@ -14,7 +14,8 @@ from ..errors import DomainError
 from ..types import Attempt, Job
 from ..upstreams.base import FailureKind, Upstream, UpstreamError, UpstreamResult
 from .health import Verdicts
-from .select import Selector, Slot
+from .select import Selector, Taken
+from .stall import StallWatch
 from .view import UpstreamView, pool_view
 
 log = logging.getLogger("gateway.pool")
@@ -46,7 +47,8 @@ class Pool:
         self._clock = clock
         self._on_attempt = on_attempt
         self._on_retry = on_retry
-        self._select = Selector(upstreams, clock)
+        self._select = Selector(upstreams, cfg, clock)
+        self._stalls = StallWatch(clock)
         self._verdicts = Verdicts(cfg, (*secrets, *(t for _, c in upstreams for t in c.tokens)))
         self.upstreams = self._select.upstreams
 
@@ -62,6 +64,7 @@ class Pool:
         the attempts made in `attempts`.
         """
         attempts: list[Attempt] = []
+        self._stalls.ensure_running()
         try:
             return await self._attempts(job, deadline, attempts)
         except DomainError as err:
@@ -82,20 +85,20 @@ class Pool:
                         min(self.cfg.retry_backoff_seconds * 2 ** (attempt - 1), 2.0)
                     )
             # Raises NoCapacity (with when the first returns) once every slot is out.
-            slot = await self._select.acquire(slots, tried, deadline)
-            tried.add(id(slot))
+            taken = await self._select.acquire(slots, tried, deadline)
+            tried.add(id(taken.slot))
             started = self._clock()
             try:
-                result = await self._call(slot, job, deadline - started)
+                result = await self._call(taken, job, deadline - started)
             except TimeoutError:
                 err = UpstreamError(
                     FailureKind.TIMEOUT,
-                    f"{slot.upstream.name}: no answer within the request's deadline",
+                    f"{taken.slot.upstream.name}: no answer within the request's deadline",
                 )
-                attempts.append(self._failed(slot, err, started))
+                attempts.append(self._failed(taken, err, started))
                 raise err from None
             except UpstreamError as err:
-                attempts.append(self._failed(slot, err, started))
+                attempts.append(self._failed(taken, err, started))
                 if err.kind.callers_fault:
                     raise
                 last = err
@@ -104,16 +107,18 @@ class Pool:
                 continue
             except asyncio.CancelledError:
                 raise  # the caller went away: no verdict on the token
+            else:
+                attempts.append(self._succeeded(taken, started))
+                return Run(result, taken.slot.upstream.name, attempts)
             finally:
-                self._select.release(slot)
-            attempts.append(self._succeeded(slot, started))
-            return Run(result, slot.upstream.name, attempts)
+                self._select.release(taken)
         assert last is not None
         raise last
 
-    async def _call(self, slot: Slot, job: Job, remaining: float) -> UpstreamResult:
+    async def _call(self, taken: Taken, job: Job, remaining: float) -> UpstreamResult:
         """One call within what is left of the deadline: its result, an UpstreamError for
         every failure of the upstream's, TimeoutError when the deadline ran out."""
+        slot = taken.slot
         name = slot.upstream.name
         if remaining <= 0:
             raise UpstreamError(FailureKind.TIMEOUT, "the request's deadline passed")
@@ -126,16 +131,22 @@ class Pool:
             log.exception("upstream %s raised unexpectedly", name)
             raise UpstreamError(FailureKind.MALFORMED, f"{name}: {type(exc).__name__}") from None
 
-    def _succeeded(self, slot: Slot, started: float) -> Attempt:
-        self._verdicts.succeeded(slot.health, self._select.upstream_health[slot.upstream.name])
-        slot.served += 1
-        return self._report(Attempt(slot.upstream.name, "ok", self._clock() - started))
-
-    def _failed(self, slot: Slot, err: UpstreamError, started: float) -> Attempt:
-        now = self._clock()
-        attempt = self._report(Attempt(slot.upstream.name, err.kind.value, now - started))
+    def _succeeded(self, taken: Taken, started: float) -> Attempt:
+        slot, now = taken.slot, self._clock()
         upstream = self._select.upstream_health[slot.upstream.name]
-        self._verdicts.failed(slot.health, upstream, err, now, (slot.upstream.name, slot.id))
+        names = (slot.upstream.name, slot.id)
+        self._verdicts.succeeded(slot.health, upstream, taken.lease, now, names)
+        slot.served += 1
+        return self._report(Attempt(slot.upstream.name, "ok", now - started))
+
+    def _failed(self, taken: Taken, err: UpstreamError, started: float) -> Attempt:
+        slot, now = taken.slot, self._clock()
+        attempt = self._report(Attempt(slot.upstream.name, err.kind.value, now - started))
+        if err.kind.providers_fault and self._stalls.explains(started, now):
+            return attempt  # our own pause, not the provider's failure: no verdict
+        upstream = self._select.upstream_health[slot.upstream.name]
+        names = (slot.upstream.name, slot.id)
+        self._verdicts.failed(slot.health, upstream, err, taken.lease, now, names)
         return attempt
 
     def _report(self, attempt: Attempt) -> Attempt:
@@ -145,12 +156,12 @@ class Pool:
     # ------------------------------------------------------------------ visibility
 
     def usable(self) -> bool:
-        """At least one slot could take a request now (for /readyz)."""
+        """At least one slot could take a request now, by trial or in panic (for /readyz):
+        a provider's outage does not take the replicas out of their Service, where callers
+        would get connection errors instead of an OpenAI-shaped answer."""
         now = self._clock()
         select = self._select
-        return any(
-            not select.blocked_by_health(s, now) or s.health.needs_probe(now) for s in select.slots
-        )
+        return any(select.servable(s, now) for s in select.slots)
 
     def view(self) -> tuple[UpstreamView, ...]:
         """Every upstream and token as they stand now."""
@@ -158,5 +169,6 @@ class Pool:
 
     async def aclose(self) -> None:
         """Close every upstream's client."""
+        await self._stalls.aclose()
         for upstream in self.upstreams:
             await upstream.aclose()

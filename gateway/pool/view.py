@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from .health import Health, State
+from .health import Counters, Health, State
 from .select import Selector, Slot
 
 
@@ -40,19 +40,61 @@ class UpstreamView:
     priority: int
     weight: float
     models: tuple[str, ...]
-    state: State
+    state: State  # ok, broken, probing (its trial is due or out) or panic
     inflight: int
     consecutive_failures: int
     last_error: str | None
-    returns_in_seconds: float | None
+    returns_in_seconds: float | None  # broken: when its next trial call is due
+    broken_since: float | None  # wall time
+    panic_inflight: int
+    breaker: BreakerView
     tokens: tuple[TokenView, ...]
     tokens_available: int
+
+
+@dataclass(frozen=True)
+class BreakerView:
+    """What an upstream's breaker has done since start (counters, for metrics)."""
+
+    ejections: int
+    trials_ok: int
+    trials_failed: int
+    recoveries: int
+    outage_seconds_total: float
+    last_outage_seconds: float | None
+    panic_calls: int
+    stale_connection_retries: int
 
 
 def _returns_in(health: Health, state: State, now: float) -> float | None:
     if state is State.OK or health.until <= now:
         return None
     return round(health.until - now, 3)
+
+
+def _upstream_state(health: Health, panic_inflight: int, now: float) -> State:
+    if health.state is not State.BROKEN:
+        return health.shown(now)
+    if panic_inflight:
+        return State.PANIC
+    if health.probing or now >= health.until:
+        return State.PROBING
+    return State.BROKEN
+
+
+def _breaker(c: Counters, panic_calls: int, stale: int) -> BreakerView:
+    return BreakerView(
+        ejections=c.ejections,
+        trials_ok=c.probes_ok,
+        trials_failed=c.probes_failed,
+        recoveries=c.recoveries,
+        outage_seconds_total=round(c.outage_seconds, 3),
+        last_outage_seconds=None
+        if c.last_outage_seconds is None
+        else round(c.last_outage_seconds, 3),
+        panic_calls=panic_calls,
+        stale_connection_retries=stale,
+    )
 
 
 def _token(slot: Slot, now: float, wall: float) -> TokenView:
@@ -82,6 +124,8 @@ def pool_view(selector: Selector, now: float) -> tuple[UpstreamView, ...]:
     for upstream in selector.upstreams:
         slots = [s for s in selector.slots if s.upstream is upstream]
         uh = selector.upstream_health[upstream.name]
+        panic = selector.upstream_panic[upstream.name]
+        broken = uh.state is State.BROKEN
         views.append(
             UpstreamView(
                 name=upstream.name,
@@ -89,11 +133,18 @@ def pool_view(selector: Selector, now: float) -> tuple[UpstreamView, ...]:
                 priority=slots[0].cfg.priority,
                 weight=slots[0].cfg.weight,
                 models=tuple(upstream.models()),
-                state=uh.state,
+                state=_upstream_state(uh, panic, now),
                 inflight=selector.upstream_inflight[upstream.name],
                 consecutive_failures=uh.failures,
                 last_error=uh.last_error,
                 returns_in_seconds=_returns_in(uh, uh.state, now),
+                broken_since=uh.since if broken else None,
+                panic_inflight=panic,
+                breaker=_breaker(
+                    uh.counters,
+                    selector.panic_calls[upstream.name],
+                    upstream.stale_retries,
+                ),
                 tokens=tuple(_token(s, now, wall) for s in slots),
                 tokens_available=sum(1 for s in slots if selector.usable(s, now)),
             )

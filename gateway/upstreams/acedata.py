@@ -136,7 +136,7 @@ class AceDataUpstream(Upstream):
         self.kind = kind
         self.base_url = base_url
         self._timeout = timeout
-        self._client = make_client(base_url, timeout=timeout)
+        self._client = make_client(base_url, timeout=timeout, on_stale=self.count_stale_retry)
 
     def upstream_model(self, model: str) -> str:
         """Variants like 'nano-banana-pro:official' pass through when the base is served."""

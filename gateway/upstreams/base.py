@@ -35,6 +35,17 @@ class FailureKind(enum.Enum):
         """True when another token or upstream would fail the same way."""
         return self in (FailureKind.BAD_REQUEST, FailureKind.SAFETY)
 
+    @property
+    def providers_fault(self) -> bool:
+        """True for what the provider (or the network) explains, not one token: 5xx,
+        timeouts, refused or reset connections, unreadable answers."""
+        return self in (
+            FailureKind.SERVER_ERROR,
+            FailureKind.TIMEOUT,
+            FailureKind.CONNECTION,
+            FailureKind.MALFORMED,
+        )
+
 
 class UpstreamError(DomainError):
     """A failed upstream call, classified. `status` and `code` are the provider's own."""
@@ -83,6 +94,12 @@ class Upstream(ABC):
     def __init__(self, name: str, model_map: Mapping[str, str]) -> None:
         self.name = name
         self._model_map = dict(model_map)
+        #: calls sent again after meeting a stale keep-alive connection (not failures)
+        self.stale_retries = 0
+
+    def count_stale_retry(self) -> None:
+        """One call was silently re-sent after a stale pooled connection."""
+        self.stale_retries += 1
 
     def models(self) -> tuple[str, ...]:
         """The gateway model names this upstream serves."""

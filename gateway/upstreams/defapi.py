@@ -128,7 +128,7 @@ class DefApiUpstream(Upstream):
         super().__init__(name, {**DEFAULT_MODELS, **models})
         self.base_url = base_url
         self._timeout = timeout
-        self._client = make_client(base_url, timeout=timeout)
+        self._client = make_client(base_url, timeout=timeout, on_stale=self.count_stale_retry)
         self._poll_interval = poll_interval
         self._poll_max_interval = poll_max_interval
         self._poll_deadline = poll_deadline

@@ -16,6 +16,12 @@ Tests steer the fakes per API token with :meth:`FakeUpstream.behave` (errors,
 hangs, dropped connections, malformed bodies ...) and inspect what the gateway
 sent through :attr:`FakeUpstream.requests`.
 
+Connections are kept alive as the real providers do.  ``idle_timeout`` closes
+one left idle for that long (nginx's ``keepalive_timeout``), and the "stale"
+behaviour closes a reused connection the instant a request arrives on it, as a
+server does when its idle timer fires just as the client sends: the request
+was never handled, and a client may send it again on a new connection.
+
 Nothing here imports the ``gateway`` package: the yardstick must stay
 independent of the code it measures.  Nothing here ever opens a connection to
 anything but the loopback interface.
@@ -32,6 +38,7 @@ import math
 import re
 import selectors
 import socket
+import struct
 import sys
 import threading
 import time
@@ -136,6 +143,8 @@ ACEDATA_BEHAVIOURS: frozenset[str] = frozenset(
         "partial",
         "slow",
         "empty",
+        "stale",
+        "reset",
     }
 )
 DEFAPI_BEHAVIOURS: frozenset[str] = frozenset(
@@ -152,6 +161,7 @@ DEFAPI_BEHAVIOURS: frozenset[str] = frozenset(
         "rate_limit",
         "timeout",
         "slow",
+        "stale",
     }
 )
 #: Behaviours of the image links (``FakeUpstream.cdn_behaviour``).
@@ -321,6 +331,7 @@ class Recorded:
     json: Any | None  # parsed body, None when absent or not JSON
     time: float  # time.monotonic() at arrival
     body: bytes = field(default=b"", repr=False)  # raw request body
+    reused: bool = False  # the connection had carried an earlier request
 
 
 def _bearer_token(value: str | None) -> str | None:
@@ -358,6 +369,7 @@ class _Reply:
     content_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
     drop: bool = False  # close the socket without writing anything
+    reset: bool = False  # write the head and half the body, then reset the connection
 
 
 def _json_reply(status: int, obj: Any, headers: Mapping[str, str] | None = None) -> _Reply:
@@ -379,6 +391,7 @@ class _DefapiTask:
     options: dict[str, Any]
     polls: int = 0
     image_id: str | None = None  # created on the first successful poll, then stable
+    stale_dropped: int = 0  # polls dropped for arriving on a reused connection
 
 
 class _ClientGone(Exception):
@@ -422,7 +435,22 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        #: requests this connection has carried so far
+        self.served = 0
+        self._waiting(True)
         self.server.fake._track_connection(self.connection, add=True)
+
+    def _waiting(self, idle: bool) -> None:
+        """Arm the idle timer while waiting for a request, disarm it while handling one.
+
+        With a socket timeout, ``handle_one_request`` gives up on a request line
+        that does not come in time and the connection is closed, as nginx's
+        ``keepalive_timeout`` does.  It is off while a request is handled, so a
+        slow body read, a "timeout" sleep or a long answer is never cut short.
+        """
+        idle_timeout = self.server.fake.idle_timeout
+        if idle_timeout is not None:
+            self.connection.settimeout(idle_timeout if idle else None)
 
     def finish(self) -> None:
         self.server.fake._track_connection(self.connection, add=False)
@@ -466,6 +494,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         fake = self.server.fake
         arrived = time.monotonic()
+        self._waiting(False)
+        reused = self.served > 0
+        self.served += 1
         body = self._read_body()
         split = urlsplit(self.path)
         headers = {k.lower(): v for k, v in self.headers.items()}
@@ -484,6 +515,7 @@ class _Handler(BaseHTTPRequestHandler):
             json=parsed,
             time=arrived,
             body=body,
+            reused=reused,
         )
         fake._record(rec)
 
@@ -503,6 +535,7 @@ class _Handler(BaseHTTPRequestHandler):
             if not is_cdn:
                 fake._leave(rec.token)
         self._write(reply)
+        self._waiting(True)
 
     def _write(self, reply: _Reply) -> None:
         if reply.drop:
@@ -516,6 +549,14 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in reply.headers.items():
             self.send_header(name, value)
         self.end_headers()
+        if reply.reset:
+            # Half the answer, then an RST (SO_LINGER 0): the client sees the connection
+            # reset in the middle of reading the body.
+            self.wfile.write(reply.body[: len(reply.body) // 2])
+            self.wfile.flush()
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            return
         self.wfile.write(reply.body)
 
     def _sleep(self, seconds: float) -> None:
@@ -567,6 +608,8 @@ class FakeUpstream:
     ``default`` is the behaviour of tokens never passed to :meth:`behave`; a
     list default is copied per token (each new token walks it from the start).
     ``latency`` delays every successful API answer (not image downloads).
+    ``idle_timeout`` closes a keep-alive connection that carried no request
+    for that many seconds (None: never).
     """
 
     HOST: ClassVar[str] = "127.0.0.1"
@@ -579,11 +622,15 @@ class FakeUpstream:
         latency: float = 0.0,
         default_options: Mapping[str, Any] | None = None,
         image_color: RGB | None = None,
+        idle_timeout: float | None = None,
     ) -> None:
         if kind not in _PREFIXES:
             raise ValueError(f"kind must be acedata, xhuoapi or defapi, not {kind!r}")
         self.kind: str = kind
         self.latency: float = latency
+        #: Seconds an idle keep-alive connection stays open (None: until the
+        #: client closes it).  Read as each connection waits: set it at any time.
+        self.idle_timeout: float | None = idle_timeout
         self.image_color: RGB = image_color or _DEFAULT_COLORS[kind]
         #: Behaviour of image links: "ok", "not_found" (404), "browser_ua_only"
         #: (403 unless the User-Agent contains "Mozilla/", as observed on some
@@ -714,6 +761,18 @@ class FakeUpstream:
         * ``detail`` (defapi bad_request): override the detail text
         * ``not_found_polls`` / ``pending_polls`` (defapi, default 1 / 1)
         * ``reason`` (defapi failed), ``text`` (defapi text_result)
+        * ``stale_polls`` (defapi, default 0): that many of each task's polls
+          that arrive on a reused connection are dropped like "stale" (not
+          counted as polls), so the client's re-send must carry on
+
+        "stale" consumes its step like any other: when the call came on a
+        connection that had carried an earlier request, the connection is
+        closed without a byte of answer (as "drop"); on a fresh connection it
+        answers as "ok".  Either way the call is recorded, with
+        :attr:`Recorded.reused` telling which it was.
+
+        "reset" (acedata/xhuoapi) makes the images, sends the answer's head and
+        half its body, then resets the connection.
         """
         steps = self._check_steps(behaviour)
         with self._lock:
@@ -909,12 +968,12 @@ class FakeUpstream:
             return self._ace_error(500, "api_error", msg or "Internal server error.")
         if step == "bad_request":
             return self._ace_error(400, "bad_request", msg or "model is invalid.")
-        if step == "drop":
+        if step == "drop" or (step == "stale" and rec.reused):
             return _Reply(0, drop=True)
         if step == "invalid_json":
             return _Reply(200, b'{"success": true, "data": [{"image_url": ')
 
-        # ok / partial / slow / timeout / empty: a real generation attempt,
+        # ok / partial / slow / timeout / empty / stale: a real generation attempt,
         # so the request must be valid first (validation answers fast).
         problem = self._ace_validate(rec.json)
         if problem is not None:
@@ -938,10 +997,12 @@ class FakeUpstream:
             {"prompt": body["prompt"], "image_url": self._image_url(self._issue_image(size))}
             for _ in range(count)
         ]
-        return _json_reply(
+        reply = _json_reply(
             200,
             {"success": True, "task_id": str(uuid.uuid4()), "trace_id": _trace_id(), "data": data},
         )
+        reply.reset = step == "reset"
+        return reply
 
     def _ace_validate(self, body: Any) -> _Reply | None:
         """Check a request body against the AceData API reference."""
@@ -1052,7 +1113,7 @@ class FakeUpstream:
             retry_after = opts.get("retry_after", 1)
             headers = {} if retry_after is None else {"Retry-After": str(retry_after)}
             return _json_reply(429, {"code": 1, "message": "rate limited"}, headers)
-        if step == "drop":
+        if step == "drop" or (step == "stale" and rec.reused):
             return _Reply(0, drop=True)
         if step == "invalid_json":
             return _Reply(200, b'{"code": 0, "message": "ok", "data": {"task_id": ')
@@ -1145,6 +1206,9 @@ class FakeUpstream:
             # Another account's task is as good as unknown.
             if task is None or task.token != rec.token:
                 return not_found
+            if rec.reused and task.stale_dropped < int(task.options.get("stale_polls", 0)):
+                task.stale_dropped += 1
+                return _Reply(0, drop=True)
             task.polls += 1
             polls = task.polls
             if polls <= task.not_found_polls:
