@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import prometheus_client
@@ -37,6 +37,7 @@ from .metering.usage import UsageLog
 from .pipeline import ImagePipeline
 from .pool import Pool
 from .shape.fetch import Fetcher
+from .shape.media import decode_data_uri
 from .shape.netguard import UrlPolicy
 from .shape.shaper import Shaper
 from .shape.store import ImageStore
@@ -63,6 +64,7 @@ class Gateway:
     pipeline: ImagePipeline
     fetcher: Fetcher
     usage_log: UsageLog
+    store: ImageStore  # images the gateway hosts: answers as links, uploads for providers
 
     async def aclose(self) -> None:
         """Close every outbound client and the usage log."""
@@ -86,8 +88,14 @@ def build(config: Config) -> Gateway:
     limiter = Limiter(config.clients)
     usage_log = UsageLog(config.usage.log)
     meter = Meter(metrics, limiter, PriceList(config.prices), usage_log, describe=_status_and_code)
+    store = ImageStore()
+    upstreams = [(build_upstream(u), u) for u in config.upstreams]
+    if config.server.public_base_url is not None:
+        host = _upload_host(store, config.server.public_base_url)
+        for upstream, _ in upstreams:
+            upstream.host_upload = host
     pool = Pool(
-        [(build_upstream(u), u) for u in config.upstreams],
+        upstreams,
         config.pool,
         on_attempt=meter.attempt,
         on_retry=meter.retry,
@@ -114,7 +122,20 @@ def build(config: Config) -> Gateway:
     )
     for collector in (PoolCollector(pool), LimitsCollector(limiter), CacheCollector(cache)):
         metrics.registry.register(collector)
-    return Gateway(config, metrics, policy, auth, pool, cache, pipeline, fetcher, usage_log)
+    return Gateway(config, metrics, policy, auth, pool, cache, pipeline, fetcher, usage_log, store)
+
+
+def _upload_host(store: ImageStore, public_base_url: str) -> Callable[[str], str]:
+    """data: URI -> a link to a copy in the image store, served at /v1/images/store/."""
+
+    def host(uri: str) -> str:
+        decoded = decode_data_uri(uri)
+        if decoded is None:  # uploads are validated data URIs; anything else goes as it is
+            return uri
+        data, mime = decoded
+        return f"{public_base_url}/v1/images/store/{store.put(data, mime or 'image/png')}"
+
+    return host
 
 
 def create_app(config: Config, *, bind_host: str = "127.0.0.1") -> Starlette:
@@ -127,7 +148,7 @@ def create_app(config: Config, *, bind_host: str = "127.0.0.1") -> Starlette:
     secrets = config.secrets()
     metrics, pool = gateway.metrics, gateway.pool
     shutdown = Shutdown(config.server.shutdown_grace_seconds)
-    store = ImageStore()
+    store = gateway.store
     images = ImageEndpoints(
         gateway.pipeline,
         store,

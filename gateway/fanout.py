@@ -81,13 +81,15 @@ class FanOut:
         double the calls to a failing provider.
         """
         deadline = time.monotonic() + self._deadline_seconds
-        per_call = self._pool.max_count_per_call(job)
         made: list[tuple[str, str]] = []
         errors: list[DomainError] = []
         for _round in range(2):
             missing = job.count - len(made)
             if missing <= 0 or time.monotonic() >= deadline:
                 break
+            # Asked again each round: a short answer in the first lowers it, so the rest
+            # go out as parallel calls an upstream can fill.
+            per_call = self._pool.max_count_per_call(job)
             calls = [job.with_count(c) for c in split_count(missing, per_call)]
             short = False
             for call, outcome in zip(
@@ -99,7 +101,9 @@ class FanOut:
                     continue
                 _note(result, outcome)
                 made += [(link, outcome.upstream) for link in outcome.result.images]
-                short = short or len(outcome.result.images) < call.count
+                if len(outcome.result.images) < call.count:
+                    short = True
+                    self._pool.answered(outcome, call)
             if not short or any(callers_fault(e) for e in errors):
                 break
         return made[: job.count], errors
@@ -131,6 +135,8 @@ def _note(result: ImagesResult, run: Run) -> None:
         result.task_ids.append(run.result.task_id)
     if run.result.trace_id:
         result.trace_ids.append(run.result.trace_id)
+    if run.result.consumed:
+        result.consumed.append(run.result.consumed)
 
 
 async def _outcomes(calls: list[Coroutine[Any, Any, T]]) -> list[T | DomainError]:

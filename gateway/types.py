@@ -14,6 +14,10 @@ Action = Literal["generate", "edit"]
 ResponseFormat = Literal["url", "b64_json"]
 # How the cache answered a request (off: the cache is disabled).
 CacheResult = Literal["hit", "miss", "coalesced", "bypass", "off"]
+# Where an image's reported size came from: read from its bytes (all of them, or the
+# header of a link's first bytes), or Google's table for what was asked, when the image
+# could not be read.
+SizeSource = Literal["measured", "expected"]
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,7 @@ class ProducedImage:
     data: bytes | None = None
     mime: str | None = None
     size: tuple[int, int] | None = None
+    size_source: SizeSource | None = None  # None: not known (a stored answer, say)
 
 
 @dataclass
@@ -111,6 +116,8 @@ class ImagesResult:
     upstreams: list[str] = field(default_factory=list)
     task_ids: list[str] = field(default_factory=list)
     trace_ids: list[str] = field(default_factory=list)
+    # The providers' own charge for the calls, where they report one (defapi's `consumed`)
+    consumed: list[str] = field(default_factory=list)
     cache: CacheResult = "off"
     age: int | None = None  # seconds since a cached result was made
     attempts: list[Attempt] = field(default_factory=list)  # upstream calls made for it

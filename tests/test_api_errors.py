@@ -55,7 +55,14 @@ ROWS: list[tuple[DomainError, int, str, str | None, str | None, dict[str, str]]]
         "model",
         {},
     ),
-    (ModelUnavailable("image", "too many"), 400, "invalid_request_error", None, "image", {}),
+    (
+        ModelUnavailable("image", "too many"),
+        400,
+        "invalid_request_error",
+        "unsupported_value",
+        "image",
+        {},
+    ),
     (Unauthenticated("who?"), 401, "invalid_request_error", "invalid_api_key", None, {}),
     (
         Unauthenticated("metrics", challenge=True),
@@ -176,6 +183,15 @@ NO_RETRY = {"x-should-retry": "false"}
     ("err", "status", "code", "headers"),
     [
         (UpstreamError(FailureKind.BAD_REQUEST, "no"), 400, "invalid_request", {}),
+        # A provider's own numeric code means nothing to an SDK app.
+        (UpstreamError(FailureKind.BAD_REQUEST, "no", code="1"), 400, "invalid_request", {}),
+        (UpstreamError(FailureKind.BAD_REQUEST, "no", code="bad_request"), 400, "bad_request", {}),
+        (
+            UpstreamError(FailureKind.UNSUPPORTED, "unknown field", param="aspect_ratio"),
+            400,
+            "unsupported_value",
+            {},
+        ),
         (UpstreamError(FailureKind.SAFETY, "no"), 400, "content_policy_violation", {}),
         # After the pool's own retries: the SDK is told not to add its own...
         (UpstreamError(FailureKind.SERVER_ERROR, "500"), 502, "upstream_error", NO_RETRY),
@@ -274,3 +290,21 @@ def test_wire_round_trip(err: DomainError) -> None:
 )
 def test_wire_garbage_is_a_plain_shared_failure(data: object) -> None:
     assert type(from_wire(data)) is SharedFlightFailed
+
+
+@pytest.mark.parametrize(
+    ("field", "param"),
+    [
+        ("model", "model"),
+        ("aspect_ratio", "size"),
+        ("resolution", "size"),
+        ("count", "n"),
+        ("inline_images", "image"),
+        (None, None),
+    ],
+)
+def test_a_refused_translation_names_the_openai_parameter(
+    field: str | None, param: str | None
+) -> None:
+    answer = openai_error(UpstreamError(FailureKind.UNSUPPORTED, "refused", param=field))
+    assert (answer.status, answer.param, answer.code) == (400, param, "unsupported_value")

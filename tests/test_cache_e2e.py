@@ -143,7 +143,9 @@ def test_edits_with_different_input_images_are_separate_calls(fake_factory, gate
 
 def test_errors_are_not_cached(fake_factory, gateway_factory):
     fake = fake_factory("acedata")
-    fake.behave("tok-1", ["bad_request", "ok"])
+    # A refusal of the caller's own input (not of a field the gateway chose, which would be
+    # remembered as the upstream's refusal).
+    fake.behave("tok-1", ["bad_request", "ok"], message="The prompt is not acceptable.")
     gw = gateway_factory(upstream_toml("ace", fake, ["tok-1"]) + CLIENTS_TOML)
     with pytest.raises(openai.BadRequestError):
         _generate(gw)

@@ -386,9 +386,6 @@ ANSWERS = {
         {"success": True, "data": [{"image_url": "javascript:alert(document.cookie)"}]}
     ),
     "file-link": json_answer({"success": True, "data": [{"image_url": "file:///etc/passwd"}]}),
-    "too-many-images": ace_success(
-        "https://cdn.example.com/1.png", "https://cdn.example.com/2.png"
-    ),
     "deep-json": answer(200, b"[" * 100_000 + b"]" * 100_000),
     "error-without-fields": json_answer({"success": False}, status=500),
     "error-is-a-string": json_answer({"success": False, "error": "boom"}, status=500),
@@ -464,14 +461,30 @@ def test_a_good_image_still_goes_through(hostile):
     assert resp.size == "40x30"
 
 
-def test_fewer_images_than_asked_is_502_partial(hostile):
+def test_fewer_images_than_asked_are_asked_for_one_per_call(hostile):
+    """A provider that makes one image per call whatever `count` says: the rest are asked
+    for once more, one per call, instead of failing the request."""
     server, gw = hostile
-    server.route("/nano-banana/images", ace_success("https://cdn.example.com/1.png"))
-    body = _generate_fails(gw, 502, "partial_result", n=3)
-    assert "of the 3 images" in body["message"]
+    server.route("/nano-banana/images", ace_success("https://192.0.2.1/1.png"))
+    resp = gw.client().images.generate(prompt="x", n=3, response_format="url")
+    assert len(resp.data) == 3
+    assert server.paths() == ["/nano-banana/images"] * 3
 
 
-def test_defapi_task_with_more_than_one_image_is_502(gateway_factory):
+def test_more_images_than_asked_keeps_the_asked_one(hostile):
+    """What was made is what is reported: a paid-for answer with too many images keeps the
+    one asked for rather than being made (and paid for) again elsewhere."""
+    server, gw = hostile
+    server.route(
+        "/nano-banana/images",
+        ace_success("https://192.0.2.1/1.png", "https://192.0.2.1/2.png"),
+    )
+    resp = gw.client().images.generate(prompt="x", response_format="url")
+    assert [d.url for d in resp.data] == ["https://192.0.2.1/1.png"]
+    assert server.paths() == ["/nano-banana/images"]
+
+
+def test_defapi_task_with_more_than_one_image_answers_one(gateway_factory):
     server = HostileServer().start()
     try:
         server.route("/api/image/gen", json_answer({"code": 0, "data": {"task_id": "ta1"}}))
@@ -484,8 +497,8 @@ def test_defapi_task_with_more_than_one_image_is_502(gateway_factory):
                         "task_id": "ta1",
                         "status": "success",
                         "result": [
-                            {"image": "https://cdn.example.com/1.png"},
-                            {"image": "https://cdn.example.com/2.png"},
+                            {"image": "https://192.0.2.1/1.png"},
+                            {"image": "https://192.0.2.1/2.png"},
                         ],
                     },
                 }
@@ -496,7 +509,9 @@ def test_defapi_task_with_more_than_one_image_is_502(gateway_factory):
             'tokens = ["def-token-0123"]\npoll_interval_seconds = 0.01\n\n'
             "[pool]\nmax_attempts = 1\n" + CLIENTS_TOML
         )
-        _generate_fails(gw, 502, "upstream_error")
+        resp = gw.client().images.generate(prompt="x", response_format="url")
+        assert [d.url for d in resp.data] == ["https://192.0.2.1/1.png"]
+        assert server.paths().count("/api/image/gen") == 1
     finally:
         server.stop()
 

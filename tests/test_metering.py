@@ -291,16 +291,19 @@ def test_images_per_day_counts_images_made_and_refuses_what_does_not_fit(
 
 def test_partial_results_use_the_day_only_for_images_made(fake_factory, gateway_factory):
     fake = fake_factory("acedata")
-    fake.behave("tok-ace-0001", "partial")  # one image per call, whatever the count
+    # One image per call whatever the count; of the three calls that then ask for the
+    # missing ones (one each), one succeeds and two fail.
+    fake.behave("tok-ace-0001", ["partial", "partial", "server_error"])
     gw = gateway_factory(
         upstream_toml("ace", fake, ["tok-ace-0001"])
         + clients_toml(f'name = "team-a"\nkey = "{KEY_A}"\nimages_per_day = 10')
         + PRICES_TOML
         + NO_CACHE_TOML
+        + "[pool]\nmax_attempts = 1\n"
     )
     client = gw.client(KEY_A, default_headers={"x-gateway-allow-partial": "true"})
     made = client.images.generate(model="nano-banana", prompt="p", n=4, response_format="url")
-    assert len(made.data) == 2  # one per call, asked twice
+    assert len(made.data) == 2
     found = samples(gw.metrics())
     usage_now = of(found, "nano_banana_client_limit_usage")
     assert usage_now[labels(client="team-a", limit="images_per_day")] == 2
@@ -497,7 +500,7 @@ def test_a_stream_that_fails_at_once_is_a_plain_error_and_frees_its_slot(
     fake_factory, gateway_factory
 ):
     fake = fake_factory("acedata")
-    fake.behave("tok-ace-0001", ["bad_request", "ok"])
+    fake.behave("tok-ace-0001", ["bad_request", "ok"], message="The prompt is not acceptable.")
     gw = gateway_factory(
         upstream_toml("ace", fake, ["tok-ace-0001"])
         + clients_toml(f'name = "team-a"\nkey = "{KEY_A}"\nmax_concurrent_requests = 1')

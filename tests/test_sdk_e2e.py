@@ -19,26 +19,79 @@ from tests.support.fakes import jpeg_bytes, png_bytes, webp_bytes
 from tests.support.gateway import CLIENT_KEY, CLIENTS_TOML, upstream_toml
 
 KINDS = ["acedata", "xhuoapi", "defapi"]
+# defapi's documented ids (seeds/003), and the one configured for nano-banana-2, which the
+# document names none for.
 DEFAPI_MODEL = {
-    "nano-banana-pro": "google/nano-banana-pro",
+    "nano-banana-pro": "google/gempix2",
     "nano-banana": "google/gemini-2.5-flash-image",
+    "nano-banana-2": "google/nano-banana-2",
 }
+# aspect_ratio and image_size are not in defapi's document: an upstream that takes them
+# says so, as these tests' does (they send non-square sizes and nano-banana-2).
+DEFAPI_EXTRA = (
+    'models = {"nano-banana-2" = "google/nano-banana-2"}\nfields = ["aspect_ratio", "resolution"]\n'
+)
 
 
-@pytest.fixture(params=KINDS)
+@pytest.fixture(
+    params=[(kind, mode) for mode in ("observed", "documented") for kind in KINDS],
+    ids=lambda p: f"{p[0]}-{p[1]}",
+)
 def setup(request, fake_factory, gateway_factory):
-    """One upstream of each type in turn, with one token, behind a gateway with clients."""
-    fake = fake_factory(request.param)
-    gw = gateway_factory(upstream_toml("up", fake, ["tok-1"]) + CLIENTS_TOML)
+    """One upstream of each type in turn, with one token, behind a gateway with clients;
+    the fake either also takes what public clients are observed to send, or only what the
+    provider's document promises (and does only that: one image per AceData call, its
+    resolution for Pro alone)."""
+    kind, mode = request.param
+    documented = mode == "documented"
+    fake = fake_factory(kind, documented=documented)
+    extra = DEFAPI_EXTRA if kind == "defapi" and not documented else ""
+    # A defapi that takes only links gets uploads as links to copies the gateway hosts.
+    server = '[server]\npublic_base_url = "http://gateway.test"\n' if documented else ""
+    gw = gateway_factory(upstream_toml("up", fake, ["tok-1"], extra=extra) + CLIENTS_TOML + server)
     return fake, gw
+
+
+def needs_undocumented(fake, what: str) -> None:
+    """Skip where the test asks for what the provider's document does not promise (the
+    documented-minimum defapi has no aspect ratio, resolution or nano-banana-2): those
+    requests are a 400 there, tested in tests/test_documented_providers.py."""
+    if fake.kind == "defapi" and fake.documented:
+        pytest.skip(f"defapi's document has no {what}")
 
 
 def _decode(b64: str) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(b64)))
 
 
+def _refs(fake, gw, body) -> list[str]:
+    """The reference images a submit carried, uploads as data URIs: where the gateway sent
+    a link to a copy it hosts (for a defapi that takes only links), the copy is fetched
+    from the gateway and written back as the data URI it stands for."""
+    refs = body["images"] if fake.kind == "defapi" else body["image_urls"]
+    out = []
+    for ref in refs:
+        if ref.startswith(HOSTED):
+            with gw.http() as http:
+                got = http.get(ref.removeprefix("http://gateway.test"))
+            assert got.status_code == 200
+            mime = got.headers["content-type"]
+            ref = f"data:{mime};base64,{base64.b64encode(got.content).decode()}"
+        out.append(ref)
+    return out
+
+
+HOSTED = "http://gateway.test/v1/images/store/"
+
+
 def _submitted(fake):
     calls = fake.generation_calls()
+    if fake.kind == "defapi" and fake.documented:
+        # Its first edit with uploads goes inline, is refused (the document says URLs),
+        # and goes again as links: only the accepted submits.
+        calls = [
+            c for c in calls if not any(i.startswith("data:") for i in c.json.get("images", []))
+        ]
     assert calls, "the upstream received no generation call"
     return [c.json for c in calls]
 
@@ -48,6 +101,7 @@ def _submitted(fake):
 
 def test_generate_url_translates_size_and_model(setup):
     fake, gw = setup
+    needs_undocumented(fake, "aspect_ratio or image_size")
     raw = gw.client().images.with_raw_response.generate(
         prompt="a red fox", model="nano-banana-pro", size="1536x1024", response_format="url"
     )
@@ -62,20 +116,21 @@ def test_generate_url_translates_size_and_model(setup):
     assert body["prompt"] == "a red fox"
     assert body["aspect_ratio"] == "3:2"
     if fake.kind == "defapi":
-        assert body["model"] == "google/nano-banana-pro"
+        assert body["model"] == DEFAPI_MODEL["nano-banana-pro"]
         assert body["image_size"] == "2k"
     else:
         assert body["action"] == "generate"
         assert body["model"] == "nano-banana-pro"
         assert body["resolution"] == "2K"
-        assert body["count"] == 1
+        assert "count" not in body, "n=1 is the documented default"
     assert fake.generation_calls()[0].token == "tok-1"
     # The reported size is what Google's table says the model makes for 3:2 at 2K.
     assert resp.size == "2528x1696"
 
 
 def test_generate_b64_json_is_the_real_image(setup):
-    _fake, gw = setup
+    fake, gw = setup
+    needs_undocumented(fake, "aspect_ratio or image_size")
     resp = gw.client().images.generate(
         prompt="a lighthouse", model="nano-banana-pro", size="1792x1024", response_format="b64_json"
     )
@@ -88,15 +143,17 @@ def test_generate_b64_json_is_the_real_image(setup):
 
 def test_gpt_image_alias_defaults_to_b64_json(setup):
     fake, gw = setup
+    needs_undocumented(fake, "id for nano-banana-2")
     resp = gw.client().images.generate(prompt="a cat", model="gpt-image-1")
     assert resp.data[0].b64_json, "GPT image apps read b64_json without asking for it"
     (body,) = _submitted(fake)
-    expected = "google/nano-banana-2" if fake.kind == "defapi" else "nano-banana-2"
+    expected = DEFAPI_MODEL["nano-banana-2"] if fake.kind == "defapi" else "nano-banana-2"
     assert body["model"] == expected
 
 
 def test_dalle_alias_defaults_to_url(setup):
-    _fake, gw = setup
+    fake, gw = setup
+    needs_undocumented(fake, "id for nano-banana-2")
     resp = gw.client().images.generate(prompt="a cat", model="dall-e-3", size="1024x1024")
     assert resp.data[0].url and not resp.data[0].b64_json
 
@@ -132,10 +189,15 @@ def test_n_images(setup, n):
     assert len(resp.data) == n
     assert len({d.url for d in resp.data}) == n
     bodies = _submitted(fake)
+    counts = sorted(b.get("count", 1) for b in bodies)
     if fake.kind == "defapi":
         assert len(bodies) == n  # one task per image
+    elif fake.documented:
+        # One image per call whatever `count` says: the first answer teaches it, and the
+        # missing ones are asked for one per call.
+        assert counts == sorted(([3] if n == 3 else [2, 4]) + [1] * (n - (1 if n == 3 else 2)))
     else:
-        assert sorted(b["count"] for b in bodies) == ([3] if n == 3 else [2, 4])
+        assert counts == ([3] if n == 3 else [2, 4])
 
 
 def test_output_format_jpeg_reencodes(setup):
@@ -173,7 +235,7 @@ def test_edit_one_file(setup):
     )
     assert resp.data[0].url
     (body,) = _submitted(fake)
-    refs = body["images"] if fake.kind == "defapi" else body["image_urls"]
+    refs = _refs(fake, gw, body)
     assert refs == ["data:image/png;base64," + base64.b64encode(upload).decode()]
     if fake.kind != "defapi":
         assert body["action"] == "edit"
@@ -187,7 +249,7 @@ def test_edit_several_files_keeps_order_and_sniffs_types(setup):
         image=files, prompt="combine", model="nano-banana", response_format="url"
     )
     (body,) = _submitted(fake)
-    refs = body["images"] if fake.kind == "defapi" else body["image_urls"]
+    refs = _refs(fake, gw, body)
     assert [r.split(";")[0] for r in refs] == [
         "data:image/png",
         "data:image/jpeg",
@@ -208,7 +270,7 @@ def test_edit_repeated_image_parts_as_curl_sends(setup):
         )
     assert r.status_code == 200, r.text
     (body,) = _submitted(fake)
-    refs = body["images"] if fake.kind == "defapi" else body["image_urls"]
+    refs = _refs(fake, gw, body)
     assert [base64.b64decode(x.split(",", 1)[1]) for x in refs] == [a, b]
 
 
@@ -231,7 +293,7 @@ def test_edit_json_form_with_image_urls(setup):
         )
     assert r.status_code == 200, r.text
     (body,) = _submitted(fake)
-    refs = body["images"] if fake.kind == "defapi" else body["image_urls"]
+    refs = _refs(fake, gw, body)
     assert refs[0] == "https://example.invalid/a.png"
     assert refs[1].startswith("data:image/jpeg;base64,")
 
@@ -254,7 +316,9 @@ def test_stream_edit_yields_the_image(setup):
 def test_models_list(setup):
     _fake, gw = setup
     ids = {m.id for m in gw.client().models.list()}
-    assert {"nano-banana", "nano-banana-2", "nano-banana-pro"} <= ids
+    assert {"nano-banana", "nano-banana-pro"} <= ids
+    # defapi's document names no id for nano-banana-2: not listed unless configured.
+    assert ("nano-banana-2" in ids) is not (_fake.kind == "defapi" and _fake.documented)
     assert {"gpt-image-1", "dall-e-3"} <= ids
     assert gw.client().models.retrieve("gpt-image-1").id == "gpt-image-1"
 
@@ -519,23 +583,29 @@ def test_mock_upstream_without_tokens(gateway_factory):
 
 def test_partial_result_is_an_error_unless_the_caller_accepts_it(fake_factory, gateway_factory):
     fake = fake_factory("acedata")
-    fake.behave("tok-1", "partial")  # answers 1 image whatever count it was asked for
-    gw = gateway_factory(upstream_toml("ace", fake, ["tok-1"]) + CLIENTS_TOML)
+    # One image whatever count it is asked for; then the calls for the missing ones fail.
+    fake.behave("tok-1", ["partial", "server_error"])
+    gw = gateway_factory(
+        upstream_toml("ace", fake, ["tok-1"]) + CLIENTS_TOML + "[pool]\nmax_attempts = 1\n"
+    )
     with pytest.raises(openai.InternalServerError) as info:
         gw.client().images.generate(prompt="three", n=3, response_format="url")
     assert info.value.status_code == 502
     assert info.value.body["code"] == "partial_result"
-    # The missing images were asked for once more before giving up.
-    assert [c.json["count"] for c in fake.generation_calls()] == [3, 2]
+    # The missing images were asked for once more, one per call (as the first answer
+    # taught), before giving up.
+    assert sorted(c.json.get("count", 1) for c in fake.generation_calls()) == [1, 1, 3]
     fake.reset()
+    fake.behave("tok-1", ["ok", "server_error"])
     resp = gw.client().images.generate(
-        prompt="three",
+        prompt="three again",
         n=3,
         response_format="url",
         extra_headers={"x-gateway-allow-partial": "true"},
     )
-    assert len(resp.data) == 2
-    assert [c.json["count"] for c in fake.generation_calls()] == [3, 2]
+    # Split up front now; the two that failed are not asked again (the pool retried them).
+    assert len(resp.data) == 1
+    assert [c.json.get("count", 1) for c in fake.generation_calls()] == [1, 1, 1]
 
 
 # ------------------------------------------------------------------ defapi specifics

@@ -62,7 +62,12 @@ class Echoer:
         )
         body = {
             "success": False,
-            "error": {"code": code, "message": f"rejected credentials '{auth}' (raw: {auth[7:]})"},
+            # The 400 is about the caller's prompt (so it goes back to the caller), and quotes
+            # the credential anyway.
+            "error": {
+                "code": code,
+                "message": f"prompt rejected for credentials '{auth}' (raw: {auth[7:]})",
+            },
             "trace_id": f"trace {auth}",
         }
         send(h, status, json.dumps(body).encode(), headers={"x-debug-auth": auth})
@@ -158,9 +163,9 @@ def test_no_secret_in_anything_the_gateway_emits(spawn, fake_factory):
     assert admin.status_code == 200 and metrics.status_code == 200
     pool = {u["name"]: u for u in admin.json()["upstreams"]}
     assert [t["state"] for t in pool["echo"]["tokens"]] == ["benched"]
-    assert "rejected credentials" in pool["echo"]["tokens"][0]["last_error"]
+    assert "prompt rejected for credentials" in pool["echo"]["tokens"][0]["last_error"]
     assert 'nano_banana_token_state{state="benched",token="t-' in metrics.text
-    assert any(s.startswith("400 ") and "rejected credentials" in s for s in seen)
+    assert any(s.startswith("400 ") and "prompt rejected for credentials" in s for s in seen)
     assert any(s.startswith("400 ") and "may not do this" in s for s in seen)
     assert any("image_generation.completed" in s for s in seen)
     assert sum(s.startswith("401 ") for s in seen) >= 6

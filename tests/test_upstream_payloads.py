@@ -15,6 +15,7 @@ from gateway.types import Job
 from gateway.upstreams import acedata, defapi
 from gateway.upstreams._common import parse_retry_after
 from gateway.upstreams.base import FailureKind, UpstreamError
+from gateway.upstreams.forms import Field, needed
 
 PROMPT = "a white siamese cat"
 EDIT_PROMPT = "let this man wear on this T-shirt"
@@ -50,19 +51,23 @@ def ace_error(code: str, message: str = "failed") -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- acedata.build_body
 
+ALL = frozenset(Field)
+
 
 @pytest.mark.parametrize(
-    ("job", "model", "body"),
+    ("job", "model", "form", "body"),
     [
         pytest.param(
             Job("generate", PROMPT, "nano-banana"),
             "nano-banana",
-            {"action": "generate", "prompt": PROMPT, "model": "nano-banana", "count": 1},
-            id="minimal-generate",
+            ALL,
+            {"action": "generate", "prompt": PROMPT, "model": "nano-banana"},
+            id="minimal-generate-is-the-documented-example",
         ),
         pytest.param(
             Job("generate", PROMPT, "nano-banana", 4, (), "16:9", "1K"),
             "nano-banana",
+            ALL,
             {
                 "action": "generate",
                 "prompt": PROMPT,
@@ -75,6 +80,7 @@ def ace_error(code: str, message: str = "failed") -> dict[str, Any]:
         pytest.param(
             Job("generate", PROMPT, "nano-banana-pro", 2, (), "3:2", "2K"),
             "nano-banana-pro",
+            ALL,
             {
                 "action": "generate",
                 "prompt": PROMPT,
@@ -88,11 +94,11 @@ def ace_error(code: str, message: str = "failed") -> dict[str, Any]:
         pytest.param(
             Job("generate", PROMPT, "nano-banana-2", 1, (), "9:16", "4K"),
             "nano-banana-2",
+            ALL,
             {
                 "action": "generate",
                 "prompt": PROMPT,
                 "model": "nano-banana-2",
-                "count": 1,
                 "aspect_ratio": "9:16",
                 "resolution": "4K",
             },
@@ -101,24 +107,23 @@ def ace_error(code: str, message: str = "failed") -> dict[str, Any]:
         pytest.param(
             Job("generate", PROMPT, "nano-banana-pro:official", 1, (), "1:1", "4K"),
             "nano-banana-pro:official",
+            ALL,
             {
                 "action": "generate",
                 "prompt": PROMPT,
                 "model": "nano-banana-pro:official",
-                "count": 1,
-                "aspect_ratio": "1:1",
                 "resolution": "4K",
             },
-            id="official-variant-keeps-resolution",
+            id="official-variant-keeps-resolution-1-1-is-the-default",
         ),
         pytest.param(
             Job("generate", PROMPT, "nano-banana-2-lite", 1, (), "4:3", "1K"),
             "nano-banana-2-lite",
+            ALL,
             {
                 "action": "generate",
                 "prompt": PROMPT,
                 "model": "nano-banana-2-lite",
-                "count": 1,
                 "aspect_ratio": "4:3",
             },
             id="lite-drops-resolution",
@@ -126,24 +131,26 @@ def ace_error(code: str, message: str = "failed") -> dict[str, Any]:
         pytest.param(
             Job("generate", PROMPT, "nano-banana-pro"),
             "gemini-3-pro-image",
-            {"action": "generate", "prompt": PROMPT, "model": "gemini-3-pro-image", "count": 1},
+            ALL,
+            {"action": "generate", "prompt": PROMPT, "model": "gemini-3-pro-image"},
             id="mapped-upstream-model-name",
         ),
         pytest.param(
             Job("edit", EDIT_PROMPT, "nano-banana", 1, ACE_IMAGES),
             "nano-banana",
+            ALL,
             {
                 "action": "edit",
                 "prompt": EDIT_PROMPT,
                 "model": "nano-banana",
-                "count": 1,
                 "image_urls": list(ACE_IMAGES),
             },
             id="documented-edit",
         ),
         pytest.param(
-            Job("edit", EDIT_PROMPT, "nano-banana-2", 3, (DATA_URI,)),
+            Job("edit", EDIT_PROMPT, "nano-banana-2", 3, (DATA_URI,), "16:9", "2K"),
             "nano-banana-2",
+            ALL,
             {
                 "action": "edit",
                 "prompt": EDIT_PROMPT,
@@ -151,17 +158,62 @@ def ace_error(code: str, message: str = "failed") -> dict[str, Any]:
                 "count": 3,
                 "image_urls": [DATA_URI],
             },
-            id="edit-data-uri",
+            id="edit-takes-ratio-and-resolution-from-its-image",
+        ),
+        pytest.param(
+            Job("generate", PROMPT, "nano-banana-pro", 2, (), "3:2", "2K"),
+            "nano-banana-pro",
+            frozenset({Field.MODEL}),
+            {"action": "generate", "prompt": PROMPT, "model": "nano-banana-pro"},
+            id="only-what-the-form-allows",
         ),
     ],
 )
-def test_acedata_build_body(job: Job, model: str, body: dict[str, Any]) -> None:
-    assert acedata.build_body(job, model) == body
+def test_acedata_build_body(
+    job: Job, model: str, form: frozenset[Field], body: dict[str, Any]
+) -> None:
+    assert acedata.build_body(job, model, form & needed(job)) == body
 
 
 def test_acedata_build_body_generate_never_sends_image_urls() -> None:
-    body = acedata.build_body(Job("generate", PROMPT, "nano-banana", 1, ACE_IMAGES), "nano-banana")
-    assert "image_urls" not in body
+    job = Job("generate", PROMPT, "nano-banana", 1, ACE_IMAGES)
+    assert "image_urls" not in acedata.build_body(job, "nano-banana", ALL)
+
+
+@pytest.mark.parametrize(
+    ("err", "kind", "param"),
+    [
+        (
+            UpstreamError(FailureKind.BAD_REQUEST, "model is invalid.", status=400),
+            "unsupported",
+            "model",
+        ),
+        (
+            UpstreamError(FailureKind.BAD_REQUEST, "aspect_ratio must be one of ...", status=400),
+            "unsupported",
+            "aspect_ratio",
+        ),
+        (
+            UpstreamError(FailureKind.BAD_REQUEST, "prompt is required", status=400),
+            "bad_request",
+            None,
+        ),
+        (
+            UpstreamError(FailureKind.BAD_REQUEST, "image too large", status=413, param="image"),
+            "bad_request",
+            "image",
+        ),
+        (
+            UpstreamError(FailureKind.SERVER_ERROR, "model is invalid.", status=500),
+            "server_error",
+            None,
+        ),
+    ],
+)
+def test_acedata_refusal_of_translation(err: UpstreamError, kind: str, param: str | None) -> None:
+    job = Job("generate", PROMPT, "nano-banana", 1, (), "16:9")
+    out = acedata.refusal_of_translation(err, job)
+    assert (out.kind.value, out.param) == (kind, param)
 
 
 # --------------------------------------------------------------------------- acedata.classify
@@ -386,18 +438,25 @@ def test_acedata_parse_answer_error_keeps_trace_id() -> None:
 # --------------------------------------------------------------------------- defapi.build_body
 
 
+# What an upstream configured with `fields = ["aspect_ratio", "resolution"]` may send.
+SIZED = frozenset({Field.MODEL, Field.INLINE_IMAGES, Field.ASPECT_RATIO, Field.RESOLUTION})
+DOCUMENTED = defapi.DefApiUpstream.default_fields
+
+
 @pytest.mark.parametrize(
-    ("job", "model", "body"),
+    ("job", "model", "form", "body"),
     [
         pytest.param(
-            Job("generate", "A beautiful landscape", "nano-banana"),
+            Job("generate", "A beautiful landscape", "nano-banana-pro"),
             "google/gempix2",
+            DOCUMENTED,
             {"model": "google/gempix2", "prompt": "A beautiful landscape"},
             id="documented-minimal",
         ),
         pytest.param(
-            Job("edit", "Put them in a basket", "nano-banana", 1, DEF_IMAGES),
+            Job("edit", "Put them in a basket", "nano-banana-pro", 1, DEF_IMAGES),
             "google/gempix2",
+            DOCUMENTED,
             {
                 "model": "google/gempix2",
                 "prompt": "Put them in a basket",
@@ -408,14 +467,23 @@ def test_acedata_parse_answer_error_keeps_trace_id() -> None:
         pytest.param(
             Job("generate", PROMPT, "nano-banana", 1, (), "3:2", "1K"),
             "google/gemini-2.5-flash-image",
+            DOCUMENTED | {Field.ASPECT_RATIO},
             {"model": "google/gemini-2.5-flash-image", "prompt": PROMPT, "aspect_ratio": "3:2"},
             id="flash-no-image-size",
         ),
         pytest.param(
+            Job("generate", PROMPT, "nano-banana", 1, (), "3:2", "1K"),
+            "google/gemini-2.5-flash-image",
+            DOCUMENTED,
+            {"model": "google/gemini-2.5-flash-image", "prompt": PROMPT},
+            id="ratio-not-in-form-not-sent",
+        ),
+        pytest.param(
             Job("generate", PROMPT, "nano-banana-pro", 1, (), "16:9", "2K"),
-            "google/nano-banana-pro",
+            "google/gempix2",
+            SIZED,
             {
-                "model": "google/nano-banana-pro",
+                "model": "google/gempix2",
                 "prompt": PROMPT,
                 "aspect_ratio": "16:9",
                 "image_size": "2k",
@@ -423,32 +491,63 @@ def test_acedata_parse_answer_error_keeps_trace_id() -> None:
             id="pro-image-size-lowercase",
         ),
         pytest.param(
+            Job("generate", PROMPT, "nano-banana-pro", 1, (), "16:9", "2K"),
+            "google/gempix2",
+            DOCUMENTED | {Field.ASPECT_RATIO},
+            {"model": "google/gempix2", "prompt": PROMPT, "aspect_ratio": "16:9"},
+            id="resolution-not-in-form-not-sent",
+        ),
+        pytest.param(
             Job("generate", PROMPT, "nano-banana-2", 1, (), "1:1", "4K"),
             "google/nano-banana-2",
-            {
-                "model": "google/nano-banana-2",
-                "prompt": PROMPT,
-                "aspect_ratio": "1:1",
-                "image_size": "4k",
-            },
-            id="nb2-4k",
+            DOCUMENTED | {Field.RESOLUTION},
+            {"model": "google/nano-banana-2", "prompt": PROMPT, "image_size": "4k"},
+            id="nb2-4k-square",
         ),
         pytest.param(
             Job("edit", EDIT_PROMPT, "nano-banana-2", 1, (DATA_URI,)),
             "google/nano-banana-2",
+            DOCUMENTED | {Field.INLINE_IMAGES},
             {"model": "google/nano-banana-2", "prompt": EDIT_PROMPT, "images": [DATA_URI]},
             id="edit-data-uri",
         ),
     ],
 )
-def test_defapi_build_body(job: Job, model: str, body: dict[str, Any]) -> None:
-    assert defapi.build_body(job, model) == body
+def test_defapi_build_body(
+    job: Job, model: str, form: frozenset[Field], body: dict[str, Any]
+) -> None:
+    assert defapi.build_body(job, model, form) == body
+
+
+def test_defapi_build_body_follows_the_upstreams_form() -> None:
+    """Upstream.form decides: a 1:1 1K job carries neither field even where both may go."""
+    up = defapi.DefApiUpstream(
+        "def",
+        "http://127.0.0.1:9",
+        timeout=1,
+        models={},
+        poll_interval=1,
+        poll_max_interval=1,
+        poll_deadline=1,
+        not_found_grace=1,
+        fields=(Field.ASPECT_RATIO, Field.RESOLUTION),
+    )
+    square = Job("generate", PROMPT, "nano-banana-pro", 1, (), "1:1", "1K")
+    wide = Job("generate", PROMPT, "nano-banana-pro", 1, (), "16:9", "2K")
+    assert defapi.build_body(square, "m", up.form(square)) == {"model": "m", "prompt": PROMPT}
+    assert defapi.build_body(wide, "m", up.form(wide)) == {
+        "model": "m",
+        "prompt": PROMPT,
+        "aspect_ratio": "16:9",
+        "image_size": "2k",
+    }
 
 
 @pytest.mark.parametrize("count", [1, 3], ids=["count-1", "count-3"])
 def test_defapi_build_body_never_sends_count(count: int) -> None:
     """One defapi task makes one image; n is made with parallel tasks."""
-    body = defapi.build_body(Job("generate", PROMPT, "nano-banana", count), "google/gempix2")
+    job = Job("generate", PROMPT, "nano-banana", count)
+    body = defapi.build_body(job, "google/gempix2", SIZED | {Field.COUNT})
     assert "count" not in body
     assert "n" not in body
 
@@ -474,6 +573,10 @@ def test_defapi_build_body_never_sends_count(count: int) -> None:
         pytest.param(200, "quota exceeded", FailureKind.BALANCE, id="200-code-1-quota"),
         pytest.param(200, "please recharge", FailureKind.BALANCE, id="200-code-1-recharge"),
         pytest.param(200, "failed", FailureKind.SERVER_ERROR, id="200-code-1-other"),
+        pytest.param(200, "prompt is required", FailureKind.BAD_REQUEST, id="200-code-1-request"),
+        pytest.param(
+            200, "unknown field: aspect_ratio", FailureKind.BAD_REQUEST, id="200-code-1-field"
+        ),
     ],
 )
 def test_defapi_classify_submit(status: int, message: str, kind: FailureKind) -> None:

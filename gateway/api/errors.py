@@ -10,6 +10,7 @@ a 401/403 that would make an SDK app think its own key is wrong.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,7 @@ from ..errors import (
     scrub,
 )
 from ..upstreams.base import FailureKind, UpstreamError
+from ..upstreams.forms import Field
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,16 @@ _SDK_RETRY_AFTER_MAX = 60
 _NO_RETRY = {"x-should-retry": "false"}
 
 
+_FIELDS = {f.value: f for f in Field}
+# OpenAI's codes are lower-case words; a provider's own code ("1", "E_42") says nothing to an
+# SDK app and is not passed on.
+_OPENAI_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+def _openai_code(code: str | None) -> str:
+    return code if code is not None and _OPENAI_CODE.fullmatch(code) else "invalid_request"
+
+
 def _upstream(err: UpstreamError, secrets: tuple[str, ...]) -> OpenAIError:
     message = scrub(err.message, secrets)
     headers: dict[str, str] = {}
@@ -87,7 +99,17 @@ def _upstream(err: UpstreamError, secrets: tuple[str, ...]) -> OpenAIError:
             400,
             f"The upstream rejected the request: {message}",
             param=err.param,
-            code=err.code or "invalid_request",
+            code=_openai_code(err.code),
+            headers=headers,
+        )
+    if kind is FailureKind.UNSUPPORTED:
+        field = _FIELDS.get(err.param or "")
+        return OpenAIError(
+            400,
+            "No configured upstream takes this request as translated "
+            f"({field.value if field else 'its form'} refused): {message}",
+            param=field.param if field else None,
+            code="unsupported_value",
             headers=headers,
         )
     if kind is FailureKind.SAFETY:
@@ -185,7 +207,10 @@ _TABLE: dict[type[DomainError], Callable[[Any], OpenAIError]] = {
     ClientGone: lambda e: OpenAIError(499, e.message, code="client_closed_request"),
     ModelNotFound: lambda e: OpenAIError(404, e.message, param="model", code="model_not_found"),
     ModelUnavailable: lambda e: OpenAIError(
-        400, e.message, param=e.param, code="model_not_available" if e.param == "model" else None
+        400,
+        e.message,
+        param=e.param,
+        code="model_not_available" if e.param == "model" else "unsupported_value",
     ),
     Unauthenticated: lambda e: OpenAIError(
         401,

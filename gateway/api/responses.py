@@ -38,7 +38,24 @@ def result_headers(result: ImagesResult) -> dict[str, str]:
         headers["x-cache"] = result.cache
     if result.age is not None and result.cache == "hit":
         headers["age"] = str(result.age)
+    source = size_source(result)
+    if source is not None:
+        headers["x-gateway-size"] = source
     return headers
+
+
+def size_source(result: ImagesResult) -> str | None:
+    """Whether the answer's sizes were read from the images ('measured') or, for some
+    image that could not be read, are Google's sizes for what was asked ('expected');
+    None when not known (links from the cache, which keeps no record of it; no image)."""
+    # Bytes held were read whole, so their size was measured, wherever they come from.
+    sources = {
+        image.size_source or ("measured" if image.data is not None else None)
+        for image in result.images
+    }
+    if "expected" in sources:
+        return "expected"
+    return "measured" if sources == {"measured"} else None
 
 
 def _size_text(image: ProducedImage) -> str | None:

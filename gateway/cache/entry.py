@@ -15,7 +15,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..types import ImagesResult
+from ..types import ImagesResult, SizeSource
 
 _MAGIC = b"NBG1"
 _HEADER_LEN = struct.Struct(">I")
@@ -29,6 +29,7 @@ class CachedImage:
     data: bytes | None
     mime: str | None
     size: tuple[int, int] | None
+    size_source: SizeSource | None = None  # how `size` was found (measured / expected)
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,13 @@ def entry_from_result(result: ImagesResult, *, created: float, calls: int) -> En
     """The cacheable part of a result."""
     return Entry(
         images=tuple(
-            CachedImage(url=img.url, data=img.data, mime=img.mime, size=img.size)
+            CachedImage(
+                url=img.url,
+                data=img.data,
+                mime=img.mime,
+                size=img.size,
+                size_source=img.size_source,
+            )
             for img in result.images
         ),
         created=created,
@@ -88,6 +95,7 @@ def encode(entry: Entry) -> bytes:
                 "url": img.url,
                 "mime": img.mime,
                 "size": list(img.size) if img.size else None,
+                "size_source": img.size_source,
                 "len": None if img.data is None else len(img.data),
             }
             for img in entry.images
@@ -125,6 +133,7 @@ def decode(blob: bytes) -> Entry | None:
                     data=data,
                     mime=item["mime"],
                     size=(int(size[0]), int(size[1])) if size else None,
+                    size_source=_size_source(item.get("size_source")),
                 )
             )
         if offset != len(blob):
@@ -143,3 +152,13 @@ def decode(blob: bytes) -> Entry | None:
 
 def _strings(items: Sequence[object]) -> tuple[str, ...]:
     return tuple(str(x) for x in items)
+
+
+def _size_source(value: object) -> SizeSource | None:
+    """What an entry says of how its size was found; anything else (an older entry) is
+    not known."""
+    if value == "measured":
+        return "measured"
+    if value == "expected":
+        return "expected"
+    return None

@@ -64,6 +64,7 @@ class _Made:
     entry: Entry
     how: CacheResult  # miss (made it), hit (found it), coalesced (another replica made it)
     attempts: list[Attempt] = field(default_factory=list)
+    consumed: list[str] = field(default_factory=list)  # the providers' own charges for it
 
 
 class ImageCache:
@@ -159,6 +160,7 @@ class ImageCache:
             served.calls_saved = made.entry.calls
         else:
             served.attempts = made.attempts  # this request's own flight made them
+            served.consumed = made.consumed
         return served
 
     async def stored(self, job: Job, output: Output, policy: CachePolicy) -> ImagesResult | None:
@@ -242,9 +244,17 @@ class ImageCache:
         for img in entry.images:
             link = img.url if fresh else None
             if img.data is not None and (wants_bytes or link is None):
-                images.append(ProducedImage(url=link, data=img.data, mime=img.mime, size=img.size))
+                images.append(
+                    ProducedImage(
+                        url=link,
+                        data=img.data,
+                        mime=img.mime,
+                        size=img.size,
+                        size_source=img.size_source,
+                    )
+                )
             elif link is not None and not wants_bytes:
-                images.append(ProducedImage(url=link, size=img.size))
+                images.append(ProducedImage(url=link, size=img.size, size_source=img.size_source))
             elif link is not None:
                 images.append(await self._producer.shape(link, output))
             else:
@@ -330,7 +340,7 @@ class ImageCache:
             if self._shared is not None and entry.nbytes <= self.config.max_bytes:
                 expires = entry.expires_at(self.config.ttl_seconds, self.config.url_ttl_seconds)
                 await self._quietly(self._shared.put(key, entry, expires))
-        return _Made(entry, "miss", result.attempts)
+        return _Made(entry, "miss", result.attempts, result.consumed)
 
     @staticmethod
     async def _quietly(call: Awaitable[None]) -> None:

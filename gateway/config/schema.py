@@ -43,6 +43,8 @@ from .sections import (
 )
 
 UpstreamType = Literal["acedata", "xhuoapi", "defapi", "mock"]
+# The provider-call fields the gateway chooses (gateway/upstreams/forms.py Field).
+ProviderField = Literal["model", "aspect_ratio", "resolution", "count", "inline_images"]
 UPSTREAM_TYPES: tuple[str, ...] = get_args(UpstreamType)
 
 DEFAULT_BASE_URLS = {
@@ -86,6 +88,11 @@ class UpstreamConfig(Section):
         doc="gateway name -> provider name",
         example={"nano-banana-pro": "nano-banana-pro:official"},
     )
+    fields: tuple[ProviderField, ...] = setting(
+        (),
+        "fields to send beyond the provider's documented defaults (see Providers)",
+        example=("aspect_ratio", "resolution"),
+    )
     poll_interval_seconds: Number = setting(
         2.0, "defapi: first wait between task polls (grows 1.5x)", ge=0.01, active=False
     )
@@ -96,7 +103,10 @@ class UpstreamConfig(Section):
         480.0, "defapi: a task not done by then fails", ge=0.01, active=False
     )
     not_found_grace_seconds: Number = setting(
-        30.0, "defapi: a new task may answer 404 for this long", ge=0, active=False
+        30.0,
+        "defapi: a new task may answer 404 this long; after it, polled slower to the deadline",
+        ge=0,
+        active=False,
     )
     mock_latency_seconds: Number = setting(0.0, "mock: seconds each call takes", ge=0, active=False)
 

@@ -303,8 +303,23 @@ class ServerConfig(Section):
     max_header_bytes: WholeNumber = setting(
         64 * 1024, "a larger request head (URL + header names and values) gets a 431", ge=1024
     )
+    public_base_url: Text | None = setting(
+        None,
+        "the gateway's address as the providers can reach it: uploads are then hosted here "
+        "for a provider that takes only links",
+        example="https://images-gw.example.com",
+    )
 
     @field_validator("metrics_host")
     @classmethod
     def _host(cls, value: str | None) -> str | None:
         return value or None
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _public(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value.rstrip("/")

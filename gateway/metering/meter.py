@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..admission.limits import Lease, Limiter
-from ..admission.prices import PriceList
+from ..admission.prices import PriceList, made_resolution
 from ..errors import DomainError, LimitExceeded
 from ..types import Attempt, CacheResult, ImagesResult, Job
 from .metrics import Metrics
@@ -158,9 +158,12 @@ class Meter:
     def _cost(self, record: Record, images: int) -> tuple[float | None, float | None]:
         """(cost, saved): what the images made cost, and what serving them from the cache
         saved; None where the model has no price."""
-        if record.job is None or not images:
+        if record.job is None or record.result is None or not images:
             return None, None
-        value = self.estimate(record.job, images)
+        job = record.job
+        # Each image at the resolution it was made at: a provider may ignore the one asked.
+        sizes = [image.size for image in record.result.images]
+        value = self._prices.estimate_made(job.model, job.resolution, sizes)
         if record.cache in FREE:
             return (None if value is None else 0.0), value
         return value, None
@@ -187,8 +190,9 @@ def usage_line(
     cost: float | None,
     saved: float | None,
 ) -> dict[str, Any]:
-    """One usage log line. Ids, names, numbers and the validated size only: never the
-    prompt, an image, or a key. `answer` is the status and the error code it ended with."""
+    """One usage log line. Ids, names, numbers and sizes only (the caller's validated
+    size, and what was made, by which it is priced): never the prompt, an image, or a key.
+    `answer` is the status and the error code it ended with."""
     job, result, err = record.job, record.result, record.error
     status, code = answer
     task_ids, trace_ids = _provider_ids(result, err)
@@ -205,7 +209,8 @@ def usage_line(
         "images_requested": job.count if job is not None else None,
         "images": images,
         "size": record.size,
-        "resolution": job.resolution if job is not None else None,
+        "size_made": made_sizes(result),
+        "resolution": made_resolutions(job, result),
         "aspect_ratio": job.aspect_ratio if job is not None else None,
         "stream": record.stream,
         "cache": record.cache,
@@ -215,12 +220,34 @@ def usage_line(
         "latency_ms": round(seconds * 1000),
         "cost_usd": cost,
         "cost_saved_usd": saved,
+        # What the provider says it charged (defapi's credits), beside our estimate; only
+        # for calls made for this request (a cache hit made none).
+        "upstream_consumed": list(result.consumed) if result is not None else [],
         "status": status,
         "error_code": code,
         "limit": err.limit if isinstance(err, LimitExceeded) else None,
         "task_ids": task_ids,
         "trace_ids": trace_ids,
     }
+
+
+def made_sizes(result: ImagesResult | None) -> str | None:
+    """'WxH' of the images made ('1024x1024,2048x2048' when they differ); None when no
+    image was made or none has a known size."""
+    sizes = [f"{i.size[0]}x{i.size[1]}" for i in result.images if i.size] if result else []
+    return ",".join(dict.fromkeys(sizes)) or None
+
+
+def made_resolutions(job: Job | None, result: ImagesResult | None) -> str | None:
+    """The resolution the images were made at, by their sizes ('1K,2K' when they differ);
+    the one asked for when nothing was made, or a size is unknown."""
+    if job is None:
+        return None
+    tiers = [
+        made_resolution(job.model, i.size) if i.size else job.resolution
+        for i in (result.images if result is not None else [])
+    ]
+    return ",".join(dict.fromkeys(t for t in tiers if t)) or job.resolution
 
 
 def _provider_ids(

@@ -2,8 +2,8 @@
 
 Lines go to stdout (the default: a container's log shipper picks them up), to a file
 (appended; reopened when logrotate moves it away), or nowhere. A line never holds a prompt,
-an image, a key or a token: only ids, names from configuration, numbers and the caller's
-validated size.
+an image, a key or a token: only ids, names from configuration, numbers, the caller's
+validated size and the size of what was made.
 """
 
 from __future__ import annotations

@@ -210,7 +210,7 @@ class Verdicts:
         token.last_error = f"{err.kind.value}: {err.code or err.status or ''} {detail}"[:300]
         token.last_error_at = time.time()
         kind = err.kind
-        if kind.callers_fault:
+        if kind.callers_fault or kind is FailureKind.UNSUPPORTED:
             # The upstream answered sensibly: it is alive, and so is the token.
             token.ok(now)
             self._alive(upstream, lease, now, names[0])

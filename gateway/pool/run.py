@@ -10,15 +10,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..config import PoolConfig, UpstreamConfig
-from ..errors import DomainError
+from ..errors import DomainError, scrub
 from ..types import Attempt, Job
 from ..upstreams.base import FailureKind, Upstream, UpstreamError, UpstreamResult
+from ..upstreams.forms import REMEMBER_SECONDS, Field
 from .health import Verdicts
-from .select import Selector, Taken
+from .select import Selector, Slot, Taken
 from .stall import StallWatch
 from .view import UpstreamView, pool_view
 
 log = logging.getLogger("gateway.pool")
+
+_FIELD_VALUES = {f.value for f in Field}
 
 
 @dataclass
@@ -49,12 +52,28 @@ class Pool:
         self._on_retry = on_retry
         self._select = Selector(upstreams, cfg, clock)
         self._stalls = StallWatch(clock)
-        self._verdicts = Verdicts(cfg, (*secrets, *(t for _, c in upstreams for t in c.tokens)))
+        self._secrets = (*secrets, *(t for _, c in upstreams for t in c.tokens))
+        self._verdicts = Verdicts(cfg, self._secrets)
         self.upstreams = self._select.upstreams
 
     def max_count_per_call(self, job: Job) -> int:
         """Images one upstream call may ask for (ModelUnavailable when none can serve)."""
         return self._select.max_count_per_call(job)
+
+    def answered(self, run: Run, job: Job) -> None:
+        """A call asked for `job.count` images and `run` holds what came back: an upstream
+        that returned fewer is asked for at most that many per call from now on (it makes
+        one image per call whatever `count` says, say), so the rest go out in parallel."""
+        got = len(run.result.images)
+        for upstream in self.upstreams:
+            if upstream.name == run.upstream and upstream.capacity.answered(
+                job.model, job.count, got
+            ):
+                log.warning(
+                    "upstream %s returned %d of %d images for %s: asking it for at most %d "
+                    "per call from now on",
+                    upstream.name, got, job.count, job.model, got,
+                )  # fmt: skip
 
     async def run(self, job: Job, deadline: float) -> Run:
         """Run a job on the best slot, moving to others on failures that aren't the caller's.
@@ -78,7 +97,7 @@ class Pool:
         for attempt in range(self.cfg.max_attempts):
             if attempt:
                 self._on_retry(last.kind.value if last else "unknown")
-                if len(tried) >= len(slots):
+                if all(id(s) in tried for s in slots):
                     # Every slot has had a go: give a transient fault a moment before the
                     # same slot is asked again.
                     await asyncio.sleep(
@@ -101,6 +120,8 @@ class Pool:
                 attempts.append(self._failed(taken, err, started))
                 if err.kind.callers_fault:
                     raise
+                if err.kind is FailureKind.UNSUPPORTED:
+                    slots = self._refused(taken, job, err, slots)
                 last = err
                 if self._clock() >= deadline:
                     break
@@ -114,6 +135,25 @@ class Pool:
                 self._select.release(taken)
         assert last is not None
         raise last
+
+    def _refused(self, taken: Taken, job: Job, err: UpstreamError, slots: list[Slot]) -> list[Slot]:
+        """The upstream refused a field the gateway chose: it remembers that (later requests
+        skip it or leave the field out), and this request goes on without it, or to it in
+        another form; re-raised when no upstream is left."""
+        upstream = taken.slot.upstream
+        field = Field(err.param) if err.param in _FIELD_VALUES else Field.MODEL
+        reason = scrub(err.message, self._secrets)
+        if upstream.refusals.add(job.model, field, reason, self._clock()):
+            log.warning(
+                "upstream %s refuses %s for %s (%s); such requests go elsewhere for %d s",
+                upstream.name, field.value, job.model, reason[:120], REMEMBER_SECONDS,
+            )  # fmt: skip
+        if upstream.cannot_serve(job) is None:
+            return slots  # it can take the job in another form (uploads as links, say)
+        rest = [s for s in slots if s.upstream is not upstream]
+        if not rest:
+            raise err
+        return rest
 
     async def _call(self, taken: Taken, job: Job, remaining: float) -> UpstreamResult:
         """One call within what is left of the deadline: its result, an UpstreamError for

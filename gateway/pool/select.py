@@ -109,7 +109,7 @@ class Selector:
     def max_count_per_call(self, job: Job) -> int:
         """Images one call may ask for, for whichever candidate ends up serving it."""
         names = {s.upstream.name for s in self.candidates(job)}
-        return min(u.max_count_per_call for u in self.upstreams if u.name in names)
+        return min(u.per_call(job.model) for u in self.upstreams if u.name in names)
 
     def usable(self, slot: Slot, now: float) -> bool:
         """Could this slot take an ordinary call now?"""

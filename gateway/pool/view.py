@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from ..upstreams.base import Upstream
 from .health import Counters, Health, State
 from .select import Selector, Slot
 
@@ -48,8 +49,27 @@ class UpstreamView:
     broken_since: float | None  # wall time
     panic_inflight: int
     breaker: BreakerView
+    learned: LearnedView
     tokens: tuple[TokenView, ...]
     tokens_available: int
+
+
+@dataclass(frozen=True)
+class RefusalView:
+    """A field the upstream refused for a model, remembered for a while."""
+
+    model: str
+    field: str
+    reason: str
+    expires_in_seconds: float
+
+
+@dataclass(frozen=True)
+class LearnedView:
+    """What the upstream's answers taught: fields it refuses, images it makes per call."""
+
+    refuses: tuple[RefusalView, ...]
+    images_per_call: dict[str, int]  # model -> lowered maximum (absent: as declared)
 
 
 @dataclass(frozen=True)
@@ -80,6 +100,14 @@ def _upstream_state(health: Health, panic_inflight: int, now: float) -> State:
     if health.probing or now >= health.until:
         return State.PROBING
     return State.BROKEN
+
+
+def _learned(upstream: Upstream, now: float) -> LearnedView:
+    refuses = tuple(
+        RefusalView(r.model, r.field.value, r.reason, round(r.until - now, 1))
+        for r in upstream.refusals.active(now)
+    )
+    return LearnedView(refuses=refuses, images_per_call=upstream.capacity.learned())
 
 
 def _breaker(c: Counters, panic_calls: int, stale: int) -> BreakerView:
@@ -145,6 +173,7 @@ def pool_view(selector: Selector, now: float) -> tuple[UpstreamView, ...]:
                     selector.panic_calls[upstream.name],
                     upstream.stale_retries,
                 ),
+                learned=_learned(upstream, now),
                 tokens=tuple(_token(s, now, wall) for s in slots),
                 tokens_available=sum(1 for s in slots if selector.usable(s, now)),
             )

@@ -1,7 +1,8 @@
 """Downloading the images upstreams link to: bounded in size and time, never inward.
 
-Used when the caller wants b64_json (or a re-encode). The links come from upstream
-answers, so they are untrusted: every hop of a redirect chain is checked against the
+Used when the caller wants b64_json (or a re-encode), and for the first bytes of an
+image passed on as a link, to read its true size (shape/probe.py). The links come from
+upstream answers, so they are untrusted: every hop of a redirect chain is checked against the
 network policy (netguard) before it is followed, names are resolved by a resolver that
 refuses internal addresses, and what arrives must be a whole image of sane size.
 
@@ -12,19 +13,28 @@ carries a browser-like agent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import urllib.parse
+from collections.abc import AsyncIterable, AsyncIterator
 
 import httpx
 
 from ..errors import DownloadFailed, DownloadRefused, DownloadTimeout
 from ..http import TooLarge, make_client, read_capped
-from .media import BadImage, ImageInfo, decode_data_uri, inspect_image
+from .media import BadImage, ImageInfo, data_uri_head, decode_data_uri, inspect_image
 from .netguard import GuardedResolver, RefusedUrl, UrlPolicy, refused_cause
 
 _BROWSER_UA = (
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
     "Chrome/130.0 Safari/537.36"
 )
+_HEADERS = {
+    "user-agent": _BROWSER_UA,
+    "accept": "image/*,*/*",
+    # Images are compressed already; a compressed transfer only adds a way to inflate a
+    # small answer into a huge one.
+    "accept-encoding": "identity",
+}
 _REDIRECTS = (301, 302, 303, 307, 308)
 # CDNs redirect once or twice (to a regional host, a signed URL); more is a loop.
 MAX_REDIRECTS = 5
@@ -89,7 +99,49 @@ class Fetcher:
             ) from None
         return data, info
 
+    async def first_bytes(self, url: str, limit: int) -> bytes:
+        """At most the first `limit` bytes of the image at url, through the same checks
+        as a download; data: URIs decode only that much. Raises DownloadFailed,
+        DownloadRefused or DownloadTimeout.
+
+        Asked for as a range; a host that ignores it and sends the whole image is read
+        only as far as `limit` and then cut off."""
+        if url.startswith("data:"):
+            head = data_uri_head(url, limit)
+            if head is None:
+                raise DownloadFailed("The upstream returned an unreadable data: URI.")
+            return head
+        try:
+            async with asyncio.timeout(self._timeout):
+                headers = {**_HEADERS, "range": f"bytes=0-{limit - 1}"}
+                async with self._final(url, headers) as resp:
+                    if resp.status_code not in (200, 206):
+                        raise DownloadFailed(
+                            f"Reading the generated image failed: HTTP {resp.status_code}."
+                        )
+                    return await _read_prefix(resp.aiter_bytes(), limit)
+        except TimeoutError:
+            raise DownloadTimeout() from None
+
     async def _download(self, url: str) -> bytes:
+        async with self._final(url, _HEADERS) as resp:
+            if resp.status_code != 200:
+                raise DownloadFailed(
+                    f"Downloading the generated image failed: HTTP {resp.status_code}."
+                )
+            try:
+                return await read_capped(
+                    resp.aiter_bytes(),
+                    self._max_bytes,
+                    declared=resp.headers.get("content-length"),
+                )
+            except TooLarge:
+                raise DownloadFailed(_TOO_LARGE) from None
+
+    @contextlib.asynccontextmanager
+    async def _final(self, url: str, headers: dict[str, str]) -> AsyncIterator[httpx.Response]:
+        """The answer at the end of url's redirects, its body not read yet; every hop is
+        checked against the policy before it is followed."""
         for _hop in range(self._max_redirects + 1):
             try:
                 # Names are left to the resolver, which judges them by their addresses.
@@ -97,35 +149,15 @@ class Fetcher:
             except RefusedUrl as exc:
                 raise DownloadRefused(str(exc)) from None
             try:
-                async with self._client.stream(
-                    "GET",
-                    target,
-                    headers={
-                        "user-agent": _BROWSER_UA,
-                        "accept": "image/*,*/*",
-                        # Images are compressed already; a compressed transfer only adds a
-                        # way to inflate a small answer into a huge one.
-                        "accept-encoding": "identity",
-                    },
-                ) as resp:
+                async with self._client.stream("GET", target, headers=headers) as resp:
                     if resp.status_code in _REDIRECTS:
                         location = resp.headers.get("location")
                         if not location:
                             raise DownloadFailed("The image link redirected nowhere.")
                         url = urllib.parse.urljoin(target, location)
                         continue
-                    if resp.status_code != 200:
-                        raise DownloadFailed(
-                            f"Downloading the generated image failed: HTTP {resp.status_code}."
-                        )
-                    try:
-                        return await read_capped(
-                            resp.aiter_bytes(),
-                            self._max_bytes,
-                            declared=resp.headers.get("content-length"),
-                        )
-                    except TooLarge:
-                        raise DownloadFailed(_TOO_LARGE) from None
+                    yield resp
+                    return
             except httpx.TransportError as exc:
                 blocked = refused_cause(exc)
                 if blocked is not None:
@@ -138,3 +170,17 @@ class Fetcher:
     async def aclose(self) -> None:
         """Close the client."""
         await self._client.aclose()
+
+
+async def _read_prefix(chunks: AsyncIterable[bytes], limit: int) -> bytes:
+    """The first `limit` bytes of a body, and no more read: leaving the stream then
+    drops the rest (and the connection with it, which is cheaper than reading an image
+    nobody needs)."""
+    parts: list[bytes] = []
+    total = 0
+    async for chunk in chunks:
+        parts.append(chunk)
+        total += len(chunk)
+        if total >= limit:
+            break
+    return b"".join(parts)[:limit]

@@ -146,6 +146,39 @@ def decode_data_uri(uri: str) -> tuple[bytes, str | None] | None:
         raise ValueError("the base64 payload is not valid") from exc
 
 
+def data_uri_head(uri: str, limit: int) -> bytes | None:
+    """The first `limit` bytes (or fewer) of a base64 data URI's image, decoding no more
+    of the payload than that; None when it is not one or its start is broken."""
+    m = _DATA_URI.match(uri)
+    if not m:
+        return None
+    # Every 4 base64 characters are 3 bytes, so a prefix cut at a multiple of 4 decodes.
+    chars = -(-limit // 3) * 4
+    try:
+        return base64.b64decode(uri[m.end() : m.end() + chars], validate=True)[:limit]
+    except (binascii.Error, ValueError):
+        return None
+
+
+def header_size(head: bytes) -> tuple[int, int] | None:
+    """Width and height of a JPEG or GIF from its first bytes (the file may be cut short
+    anywhere after the marker or block giving the size), or None if they do not say.
+
+    Pillow's open reads the header and stops: no pixel is decoded. (It cannot be trusted
+    with a cut PNG or WebP: see shape/probe.py.)"""
+    mime = sniff_mime(head)
+    if mime not in ("image/jpeg", "image/gif"):
+        return None
+    try:
+        with warnings.catch_warnings():
+            # Only the size is read; what a size may be is the caller's judgement.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(head), formats=[ACCEPTED_FORMATS[mime]]) as im:
+                return im.size
+    except Exception:  # Pillow raises a zoo of types (OSError, SyntaxError, ...) for cut files
+        return None
+
+
 def image_size(data: bytes) -> tuple[int, int] | None:
     """Width and height from the header only (no full decode), or None if unreadable."""
     try:

@@ -1,5 +1,6 @@
 """One finished image, brought into the form the caller asked for: a link passed on as it
-is, or bytes (downloaded, checked, re-encoded when another format was asked for)."""
+is (its true size read from its first bytes), or bytes (downloaded, checked, re-encoded
+when another format was asked for)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 from ..types import Output, ProducedImage
 from .fetch import Fetcher
 from .media import OUTPUT_MIME, reencode
+from .probe import probe_size
 
 
 def needs_bytes(output: Output, link: str) -> bool:
@@ -25,7 +27,12 @@ class Shaper:
     async def shape(self, link: str, output: Output) -> ProducedImage:
         """Download / re-encode one image as the answer needs it."""
         if not needs_bytes(output, link):
-            return ProducedImage(url=link, size=output.expected_size)
+            # A provider may not make the resolution asked for: the size reported (and
+            # priced) is the one in the image's header, the expected one only if unread.
+            measured = await probe_size(self.fetcher, link)
+            if measured is None:
+                return ProducedImage(url=link, size=output.expected_size, size_source="expected")
+            return ProducedImage(url=link, size=measured, size_source="measured")
         target = output.output_format
         # Decode every pixel only where a re-encode may follow (see Fetcher.get).
         data, info = await self.fetcher.get(link, decode=target is not None)
@@ -39,4 +46,5 @@ class Shaper:
             data=data,
             mime=mime,
             size=info.size,  # a re-encode keeps the pixels, so the size read on download
+            size_source="measured",
         )

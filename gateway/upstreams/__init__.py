@@ -6,16 +6,27 @@ from ..config import UpstreamConfig
 from .acedata import AceDataUpstream
 from .base import FailureKind, Upstream, UpstreamError, UpstreamResult
 from .defapi import DefApiUpstream
+from .forms import Field
 from .mock import MockUpstream
 
 __all__ = ["FailureKind", "Upstream", "UpstreamError", "UpstreamResult", "build_upstream"]
+
+
+def fields(cfg: UpstreamConfig) -> tuple[Field, ...]:
+    """The configured extra fields of an upstream, as Fields."""
+    return tuple(Field(name) for name in cfg.fields)
 
 
 def build_upstream(cfg: UpstreamConfig) -> Upstream:
     """The Upstream implementation for one configured upstream."""
     if cfg.type in ("acedata", "xhuoapi"):
         return AceDataUpstream(
-            cfg.name, cfg.type, cfg.base_url, timeout=cfg.timeout_seconds, models=cfg.models
+            cfg.name,
+            cfg.type,
+            cfg.base_url,
+            timeout=cfg.timeout_seconds,
+            models=cfg.models,
+            fields=fields(cfg),
         )
     if cfg.type == "defapi":
         return DefApiUpstream(
@@ -27,6 +38,7 @@ def build_upstream(cfg: UpstreamConfig) -> Upstream:
             poll_max_interval=cfg.poll_max_interval_seconds,
             poll_deadline=cfg.poll_deadline_seconds,
             not_found_grace=cfg.not_found_grace_seconds,
+            fields=fields(cfg),
         )
     if cfg.type == "mock":
         return MockUpstream(cfg.name, latency=cfg.mock_latency_seconds)

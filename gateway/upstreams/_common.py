@@ -109,14 +109,12 @@ def without_token_ids(exc: UpstreamError, token: str) -> UpstreamError:
     return exc
 
 
-def check_count(images: list[str], asked: int, upstream: str) -> None:
-    """More images than asked for is not a bonus but an answer that cannot be trusted
-    (someone else's images, a confused task); fewer is legal and handled by the caller."""
-    if len(images) > asked:
-        raise UpstreamError(
-            FailureKind.MALFORMED,
-            f"{upstream}: answered with {len(images)} images when {asked} were asked for",
-        )
+def keep_asked(images: list[str], asked: int) -> list[str]:
+    """The images to report for a call that asked for `asked`: what was made is what is
+    reported. More than asked comes from one paid-for call, so the first `asked` are kept
+    rather than the answer thrown away and made (and paid for) again elsewhere; fewer is
+    legal and handled by the caller. Pure."""
+    return images[:asked]
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

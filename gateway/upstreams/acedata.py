@@ -6,7 +6,7 @@ serves both types; only the default base URL differs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..http import make_client
@@ -14,33 +14,41 @@ from ..models import base_model, takes_resolution
 from ..types import Job
 from ._common import (
     call,
-    check_count,
     clean_id,
     is_image_link,
     json_loads,
+    keep_asked,
     parse_retry_after,
     without_token_ids,
 )
 from .base import FailureKind, Upstream, UpstreamError, UpstreamResult
+from .forms import Field, refused_field
 
 DEFAULT_MODELS = {
     m: m for m in ("nano-banana", "nano-banana-2", "nano-banana-pro", "nano-banana-2-lite")
 }
 
 
-def build_body(job: Job, model: str) -> dict[str, Any]:
-    """The provider's JSON for a job. Pure; table-tested."""
-    body: dict[str, Any] = {
-        "action": job.action,
-        "prompt": job.prompt,
-        "model": model,
-        "count": job.count,
-    }
+def build_body(job: Job, model: str, form: frozenset[Field]) -> dict[str, Any]:
+    """The provider's JSON for a job, carrying the optional fields in `form` (what the job
+    needs and this upstream may be sent: Upstream.form). Pure; table-tested.
+
+    Per the reference (seeds/004): `aspect_ratio` and `resolution` work only for generate
+    (an edit takes the first image's), `resolution` only for the models that have tiers;
+    `count` is in the examples, not the reference, so it is sent only when n > 1."""
+    body: dict[str, Any] = {"action": job.action, "prompt": job.prompt, "model": model}
+    if Field.COUNT in form:
+        body["count"] = job.count
     if job.action == "edit":
         body["image_urls"] = list(job.images)
-    if job.aspect_ratio is not None:
+    elif Field.ASPECT_RATIO in form and job.aspect_ratio is not None:
         body["aspect_ratio"] = job.aspect_ratio
-    if job.resolution is not None and takes_resolution(job.model):
+    if (
+        job.action == "generate"
+        and Field.RESOLUTION in form
+        and job.resolution is not None
+        and takes_resolution(job.model)
+    ):
         body["resolution"] = job.resolution
     return body
 
@@ -124,15 +132,46 @@ def parse_answer(
     )
 
 
+def refusal_of_translation(err: UpstreamError, job: Job) -> UpstreamError:
+    """A 400 about a field the gateway chose (the model id, aspect ratio, resolution,
+    count, inline images) is the gateway's translation refused, not the caller's fault:
+    UNSUPPORTED naming the field. Pure; table-tested."""
+    if err.kind is not FailureKind.BAD_REQUEST or err.status == 413:
+        return err  # 413: the caller's image is too large, as the reference says
+    field = refused_field(err.message, job)
+    if field is None:
+        return err
+    return UpstreamError(
+        FailureKind.UNSUPPORTED,
+        err.message,
+        status=err.status,
+        code=err.code,
+        param=field.value,
+        task_id=err.task_id,
+        trace_id=err.trace_id,
+    )
+
+
 class AceDataUpstream(Upstream):
     """`type = "acedata"` and `type = "xhuoapi"`."""
 
-    max_count_per_call = 4  # the provider's guide: count 1-4
+    max_count_per_call = 4  # the provider's guide: count 1-4 (lowered when answers fall short)
+    # The reference documents model, aspect_ratio, resolution and image_urls (links or
+    # data: URIs); count is in its examples and guide. All are sent by default; a refusal of
+    # any is learned per model.
+    default_fields = frozenset(Field)
 
     def __init__(
-        self, name: str, kind: str, base_url: str, *, timeout: float, models: Mapping[str, str]
+        self,
+        name: str,
+        kind: str,
+        base_url: str,
+        *,
+        timeout: float,
+        models: Mapping[str, str],
+        fields: Iterable[Field] = (),
     ) -> None:
-        super().__init__(name, {**DEFAULT_MODELS, **models})
+        super().__init__(name, {**DEFAULT_MODELS, **models}, fields=fields)
         self.kind = kind
         self.base_url = base_url
         self._timeout = timeout
@@ -152,7 +191,8 @@ class AceDataUpstream(Upstream):
 
     async def run(self, job: Job, token: str) -> UpstreamResult:
         """One synchronous call; the provider answers when the images exist."""
-        body = build_body(job, self.upstream_model(job.model))
+        job = self.linked(job)
+        body = build_body(job, self.upstream_model(job.model), self.form(job))
         answer = await call(
             self._client,
             "POST",
@@ -167,8 +207,8 @@ class AceDataUpstream(Upstream):
                 answer.status, json_loads(answer.body), answer.headers.get("retry-after"), self.name
             )
         except UpstreamError as exc:
-            raise without_token_ids(exc, token) from None
-        check_count(result.images, job.count, self.name)
+            raise without_token_ids(refusal_of_translation(exc, job), token) from None
+        result.images = keep_asked(result.images, job.count)
         result.task_id = clean_id(result.task_id, token)
         result.trace_id = clean_id(result.trace_id, token)
         return result

@@ -7,13 +7,16 @@ into a FailureKind, which is all the pool needs to decide between retry and give
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from ..errors import DomainError, wire_enum
 from ..types import Job
+from .forms import Capacity, Field, Refusals, needed
 
 
 @wire_enum
@@ -22,6 +25,8 @@ class FailureKind(enum.Enum):
 
     BAD_REQUEST = "bad_request"  # the caller's input: not retried
     SAFETY = "safety"  # the model refused the content: not retried, not billed
+    UNSUPPORTED = "unsupported"  # refused a field the gateway chose (`param`): remembered,
+    # and the request goes to an upstream that takes it
     AUTH = "auth"  # token invalid/expired: bench the token, retry elsewhere
     BALANCE = "balance"  # token out of credit: bench the token, retry elsewhere
     RATE_LIMITED = "rate_limited"  # cool the token down, retry elsewhere
@@ -79,6 +84,7 @@ class UpstreamResult:
     images: list[str]
     task_id: str | None = None
     trace_id: str | None = None
+    consumed: str | None = None  # the provider's own charge, where it reports one (defapi)
 
 
 class Upstream(ABC):
@@ -91,9 +97,23 @@ class Upstream(ABC):
     #: most reference images one edit may carry
     max_images: int = 16
 
-    def __init__(self, name: str, model_map: Mapping[str, str]) -> None:
+    #: fields sent whenever a job needs them: what the provider's document promises, plus
+    #: what is observed to work widely enough to be a safe default (see the README)
+    default_fields: frozenset[Field] = frozenset({Field.MODEL})
+
+    def __init__(
+        self, name: str, model_map: Mapping[str, str], *, fields: Iterable[Field] = ()
+    ) -> None:
         self.name = name
         self._model_map = dict(model_map)
+        # Fields configured on top of the defaults (`fields = [...]` in the upstream's table).
+        self._fields = self.default_fields | frozenset(fields)
+        #: what this upstream refused, per model and field, and how many images per call
+        self.refusals = Refusals()
+        self.capacity = Capacity(self.max_count_per_call)
+        #: data: URI -> a short-lived public link to the same image, where the gateway can
+        #: host uploads ([server] public_base_url); for providers that take only links
+        self.host_upload: Callable[[str], str] | None = None
         #: calls sent again after meeting a stale keep-alive connection (not failures)
         self.stale_retries = 0
 
@@ -115,7 +135,42 @@ class Upstream(ABC):
             return "model", f"{self.name} does not serve model {job.model}"
         if len(job.images) > self.max_images:
             return "image", f"{self.name} accepts at most {self.max_images} images per edit"
+        missing = set(needed(job) - self.sendable(job.model))
+        if self.host_upload is not None:
+            missing.discard(Field.INLINE_IMAGES)  # sent as links to hosted copies instead
+        missing.discard(Field.COUNT)  # n is split into more calls instead
+        if missing:
+            field = min(missing, key=lambda f: f.value)
+            return field.param, f"{self.name} does not take {field.value} for {job.model}"
         return None
+
+    def sendable(self, model: str, now: float | None = None) -> frozenset[Field]:
+        """The fields this upstream may be sent for a model: its defaults and configured
+        ones, less what it has refused lately."""
+        at = time.monotonic() if now is None else now
+        return frozenset(f for f in self._fields if not self.refusals.refuses(model, f, at))
+
+    def form(self, job: Job) -> frozenset[Field]:
+        """The optional fields one call for this job carries: those it needs and may send.
+        (Fields whose value is the provider's default are left out.)"""
+        return needed(job) & self.sendable(job.model)
+
+    def linked(self, job: Job) -> Job:
+        """The job as this upstream may be sent it: uploads it will not take inline are
+        replaced by links to copies the gateway hosts (see host_upload)."""
+        inline = [i for i in job.images if i.startswith("data:")]
+        if not inline or Field.INLINE_IMAGES in self.sendable(job.model) or not self.host_upload:
+            return job
+        host = self.host_upload
+        images = tuple(host(i) if i.startswith("data:") else i for i in job.images)
+        return dataclasses.replace(job, images=images)
+
+    def per_call(self, model: str) -> int:
+        """Images one call may ask for: declared, lowered by short answers, one where
+        `count` is not to be sent."""
+        if Field.COUNT not in self.sendable(model):
+            return 1
+        return self.capacity.per_call(model)
 
     @abstractmethod
     async def run(self, job: Job, token: str) -> UpstreamResult:

@@ -13,6 +13,7 @@ from ..models import MODELS, nearest_aspect_ratio, produced_size
 from ..shape.media import placeholder_png, to_data_uri
 from ..types import Job
 from .base import Upstream, UpstreamResult
+from .forms import Field
 
 
 class MockUpstream(Upstream):
@@ -20,6 +21,7 @@ class MockUpstream(Upstream):
 
     kind = "mock"
     max_count_per_call = 10
+    default_fields = frozenset(Field)  # it draws whatever it is asked for
 
     def __init__(self, name: str, *, latency: float = 0.0) -> None:
         super().__init__(name, {m: m for m in MODELS})

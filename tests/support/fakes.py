@@ -118,13 +118,20 @@ DEFAPI_RATIOS: tuple[str, ...] = (
 DEFAPI_IMAGE_SIZES: tuple[str, ...] = ("1k", "2k", "4k")
 #: defapi model ids -> whether they use the Pro/3.1 table (True) or Flash 1K (False).
 DEFAPI_MODELS: dict[str, bool] = {
-    "google/gempix2": False,
+    # The document lists gempix2 on its "Nano Banana Pro API" page, in every example.
+    "google/gempix2": True,
     "google/gemini-2.5-flash-image": False,
     "google/nano-banana": False,
     "google/nano-banana-pro": True,
     "google/nano-banana-2": True,
     "google/gemini-3.1-flash-image-preview": True,
 }
+#: What defapi's own document (seeds/003) states, all a ``documented=True`` fake accepts:
+#: the two ids of its "supported models" list and the four body fields of its table.
+DEFAPI_DOCUMENTED_MODELS: frozenset[str] = frozenset(
+    {"google/gempix2", "google/gemini-2.5-flash-image"}
+)
+DEFAPI_DOCUMENTED_FIELDS: frozenset[str] = frozenset({"model", "prompt", "images", "callback_url"})
 
 #: Behaviour names accepted by :meth:`FakeUpstream.behave`, per API family.
 ACEDATA_BEHAVIOURS: frozenset[str] = frozenset(
@@ -391,6 +398,7 @@ class _DefapiTask:
     options: dict[str, Any]
     polls: int = 0
     image_id: str | None = None  # created on the first successful poll, then stable
+    extra_ids: list[str] = field(default_factory=list)  # "extra_images": more than asked
     stale_dropped: int = 0  # polls dropped for arriving on a reused connection
 
 
@@ -623,10 +631,14 @@ class FakeUpstream:
         default_options: Mapping[str, Any] | None = None,
         image_color: RGB | None = None,
         idle_timeout: float | None = None,
+        documented: bool = False,
     ) -> None:
         if kind not in _PREFIXES:
             raise ValueError(f"kind must be acedata, xhuoapi or defapi, not {kind!r}")
         self.kind: str = kind
+        #: documented-minimum mode: accept and honour only what the provider's own document
+        #: (../shared/seeds/) states; otherwise also what public clients are observed to use
+        self.documented: bool = documented
         self.latency: float = latency
         #: Seconds an idle keep-alive connection stays open (None: until the
         #: client closes it).  Read as each connection waits: set it at any time.
@@ -636,6 +648,11 @@ class FakeUpstream:
         #: (403 unless the User-Agent contains "Mozilla/", as observed on some
         #: defapi links) or "drop".  Plain attribute: set it at any time.
         self.cdn_behaviour: str = "ok"
+        #: Whether image links honour ``Range: bytes=a-b`` (206 with those bytes, as
+        #: CDNs do); False answers 200 with the whole image, as some hosts do.
+        self.cdn_ranges: bool = True
+        #: Seconds each image link waits before answering (a slow CDN).
+        self.cdn_latency: float = 0.0
         self._default = self._check_steps(default)
         self._default_options: dict[str, Any] = dict(default_options or {})
         self._prefix = _PREFIXES[kind]
@@ -761,6 +778,12 @@ class FakeUpstream:
         * ``detail`` (defapi bad_request): override the detail text
         * ``not_found_polls`` / ``pending_polls`` (defapi, default 1 / 1)
         * ``reason`` (defapi failed), ``text`` (defapi text_result)
+        * ``refused_polls`` (defapi, default 0): after the not-found ones, that many polls
+          answer 401 although the submit with the same token was accepted
+        * ``extra_images`` (defapi, default 0): a successful task returns that many images
+          beyond the one it was asked for
+        * ``vague`` (defapi, default False): every refused submit's detail is just
+          "invalid request", naming no field
         * ``stale_polls`` (defapi, default 0): that many of each task's polls
           that arrive on a reused connection are dropped like "stale" (not
           counted as polls), so the client's re-send must carry on
@@ -907,7 +930,31 @@ class FakeUpstream:
             and "mozilla/" not in rec.headers.get("user-agent", "").lower()
         ):
             return _Reply(403, b"Forbidden", content_type="text/plain")
-        return _Reply(200, png_bytes(*size, color=self.image_color), content_type="image/png")
+        if self.cdn_latency:
+            time.sleep(self.cdn_latency)
+        data = png_bytes(*size, color=self.image_color)
+        wanted = self._byte_range(rec.headers.get("range"), len(data))
+        if wanted is None or not self.cdn_ranges:
+            return _Reply(200, data, content_type="image/png")
+        first, last = wanted
+        return _Reply(
+            206,
+            data[first : last + 1],
+            content_type="image/png",
+            headers={"Content-Range": f"bytes {first}-{last}/{len(data)}"},
+        )
+
+    @staticmethod
+    def _byte_range(header: str | None, length: int) -> tuple[int, int] | None:
+        """(first, last) byte of a single ``bytes=first-[last]`` range within
+        ``length``; None for no header, or one this fake does not serve as a range
+        (suffix or multiple ranges: RFC 9110 lets a server answer those whole)."""
+        m = re.fullmatch(r"bytes=(\d+)-(\d*)", (header or "").strip())
+        if m is None:
+            return None
+        first = int(m.group(1))
+        last = min(int(m.group(2)) if m.group(2) else length - 1, length - 1)
+        return (first, last) if first <= last else None
 
     # -- dispatch ----------------------------------------------------------
 
@@ -988,7 +1035,8 @@ class FakeUpstream:
         sleep(delay)
 
         size = self._ace_output_size(body)
-        count = int(body.get("count") or 1)
+        # The reference's schema has no ``count``: documented, every call makes one image.
+        count = 1 if self.documented else int(body.get("count") or 1)
         if step == "partial":
             count = 1  # documented: data holds only the sub-jobs that succeeded
         elif step == "empty":
@@ -1052,8 +1100,10 @@ class FakeUpstream:
         if resolution is not None and resolution not in ACEDATA_RESOLUTIONS:
             return bad("resolution is invalid.")
         count = body.get("count")
-        if count is not None and (
-            not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 4
+        if (
+            not self.documented  # not in the reference: ignored, whatever it says
+            and count is not None
+            and (not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 4)
         ):
             return bad("count is invalid.")
         callback_url = body.get("callback_url")
@@ -1069,6 +1119,9 @@ class FakeUpstream:
     def _ace_output_size(self, body: dict[str, Any]) -> tuple[int, int]:
         model = body.get("model") or "nano-banana"
         pro = _uses_pro_table(model)
+        # Documented: resolution "only works when model is nano-banana-pro"; others
+        # make 1K whatever is asked (nano-banana-2 included, though its table has 2K).
+        sized = model.removesuffix(":official") == "nano-banana-pro" if self.documented else pro
         if body["action"] == "edit":
             # Documented: for edit, ratio and resolution follow the first
             # image.  The fake can only look inside data: URIs (it never goes
@@ -1077,12 +1130,12 @@ class FakeUpstream:
             if first.startswith("data:"):
                 w, h = _decode_data_uri_size(first)
                 ratio = nearest_ratio(w, h, ACEDATA_RATIOS)
-                resolution = _nearest_resolution(max(w, h)) if pro else "1K"
+                resolution = _nearest_resolution(max(w, h)) if sized else "1K"
             else:
                 ratio, resolution = "1:1", "1K"
         else:
             ratio = body.get("aspect_ratio") or "1:1"
-            resolution = body.get("resolution") or "1K"
+            resolution = (body.get("resolution") or "1K") if sized else "1K"
         return expected_size(model, ratio, resolution)
 
     # -- defapi ------------------------------------------------------------
@@ -1120,6 +1173,10 @@ class FakeUpstream:
 
         body = rec.json
         problem = self._defapi_validate(body)
+        if problem is None and self.documented:
+            problem = self._defapi_documented(body)
+        if problem is not None and opts.get("vague"):
+            problem = self._def_bad("invalid request")
         if problem is not None:
             return problem
         assert isinstance(body, dict)
@@ -1192,6 +1249,17 @@ class FakeUpstream:
         # polled, and the fake never calls out.
         return None
 
+    def _defapi_documented(self, body: dict[str, Any]) -> _Reply | None:
+        """Refuse what the document does not state, worded as an API might."""
+        unknown = sorted(set(body) - DEFAPI_DOCUMENTED_FIELDS)
+        if unknown:
+            return self._def_bad(f"unknown field: {unknown[0]}")
+        if body["model"] not in DEFAPI_DOCUMENTED_MODELS:
+            return self._def_bad("model not supported")
+        if any(url.startswith("data:") for url in body.get("images") or []):
+            return self._def_bad("images must be URLs")
+        return None
+
     def _defapi_query(self, rec: Recorded, sleep: Callable[[float], None]) -> _Reply:
         if rec.token is None:
             # Sic: the documented 401 of this endpoint says "code": 401,
@@ -1214,10 +1282,19 @@ class FakeUpstream:
             if polls <= task.not_found_polls:
                 # Observed right after submit: the task is not visible yet.
                 return not_found
-            finished = polls > task.not_found_polls + task.pending_polls
+            refused = int(task.options.get("refused_polls", 0))
+            if polls <= task.not_found_polls + refused:
+                # An auth hiccup of the query, for a token whose submit was accepted.
+                return _json_reply(401, {"code": 401, "message": "Invalid API key"})
+            finished = polls > task.not_found_polls + refused + task.pending_polls
             if finished and task.mode == "ok" and task.image_id is None:
                 task.image_id = str(uuid.uuid4())
                 self._images[task.image_id] = task.size
+                task.extra_ids = [
+                    str(uuid.uuid4()) for _ in range(int(task.options.get("extra_images", 0)))
+                ]
+                for extra in task.extra_ids:
+                    self._images[extra] = task.size
 
         data: dict[str, Any] = {
             "task_id": task.task_id,
@@ -1231,7 +1308,7 @@ class FakeUpstream:
             data.update(
                 status="success",
                 consumed="0.500000",
-                result=[{"image": self._image_url(task.image_id)}],
+                result=[{"image": self._image_url(i)} for i in (task.image_id, *task.extra_ids)],
             )
         elif finished and task.mode == "text_result":
             # Observed: "success" whose result is text, i.e. no image at all.
@@ -1246,4 +1323,7 @@ class FakeUpstream:
                 status_reason={"message": task.options.get("reason", "content rejected")},
             )
         sleep(self.latency)
+        if self.documented:
+            # Only the callback payload's shape is documented: the task itself, unwrapped.
+            return _json_reply(200, data)
         return _json_reply(200, {"code": 0, "message": "ok", "data": data})
