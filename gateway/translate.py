@@ -107,6 +107,7 @@ def build_job(
         output_compression=req.output_compression,
         stream=req.stream,
         expected_size=_expected_size(req, job),
+        measure_links=job.resolution not in (None, "1K"),
     )
     return job, output
 

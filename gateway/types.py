@@ -76,6 +76,9 @@ class Output:
     output_compression: int | None = None
     stream: bool = False
     expected_size: tuple[int, int] | None = None
+    # Read the true size of links passed on (a ranged GET each): where a provider ignoring
+    # the resolution asked would change the price, i.e. above 1K.
+    measure_links: bool = False
 
     @property
     def wants_bytes(self) -> bool:

@@ -443,13 +443,25 @@ def test_several_images_are_measured_at_once(tmp_path, fake_factory, gateway_fac
     gw = _gateway(gateway_factory, fake, log_path)
 
     started = time.monotonic()
-    resp, headers = _generate(gw, model="nano-banana-2", size="1024x1024", n=3)
+    resp, headers = _generate(gw, model="nano-banana-2", size="2048x2048", n=3)
 
     assert time.monotonic() - started < 2.5  # one after another would take 3 s
-    assert len(resp.data) == 3 and resp.size == "1024x1024"
+    assert len(resp.data) == 3 and resp.size == "2048x2048"
     assert headers["x-gateway-size"] == "measured"
     assert len(_cdn_requests(fake)) == 3
-    assert _last_usage(log_path)["cost_usd"] == pytest.approx(3 * PRICE_1K)
+    assert _last_usage(log_path)["cost_usd"] == pytest.approx(3 * PRICE_2K)
+
+
+def test_a_1k_link_is_not_read(tmp_path, fake_factory, gateway_factory) -> None:
+    """At 1K, the default and cheapest tier, nothing can be billed too high: no extra
+    request; the answer says its size is the expected one."""
+    fake = fake_factory("acedata", documented=True)
+    log_path = tmp_path / "usage.jsonl"
+    gw = _gateway(gateway_factory, fake, log_path)
+    resp, headers = _generate(gw, model="nano-banana-2", size="1024x1024")
+    assert (resp.size, headers["x-gateway-size"]) == ("1024x1024", "expected")
+    assert _cdn_requests(fake) == []
+    assert _last_usage(log_path)["cost_usd"] == pytest.approx(PRICE_1K)
 
 
 def test_mock_images_are_measured_from_their_data_uri(tmp_path, gateway_factory) -> None:

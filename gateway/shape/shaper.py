@@ -29,6 +29,10 @@ class Shaper:
         if not needs_bytes(output, link):
             # A provider may not make the resolution asked for: the size reported (and
             # priced) is the one in the image's header, the expected one only if unread.
+            # At 1K (the default, and the cheapest tier) nothing can be billed too high, so
+            # the extra request is spared; the answer then says the size is the expected one.
+            if not (output.measure_links or link.startswith("data:")):
+                return ProducedImage(url=link, size=output.expected_size, size_source="expected")
             measured = await probe_size(self.fetcher, link)
             if measured is None:
                 return ProducedImage(url=link, size=output.expected_size, size_source="expected")
