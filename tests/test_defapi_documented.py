@@ -460,7 +460,7 @@ def test_refused_upload_is_made_on_another_upstream(fake_factory, gateway_factor
     strict = fake_factory("defapi", documented=True)
     other = fake_factory("acedata")
     gw = gateway_factory(
-        upstream_toml("def", strict, ["d1"], extra="priority = 0")
+        upstream_toml("def", strict, ["dk-test-0001"], extra="priority = 0")
         + upstream_toml("ace", other, ["a1"], extra="priority = 1")
         + CLIENTS_TOML
     )

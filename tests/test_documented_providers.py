@@ -16,6 +16,8 @@ from tests.support.fakes import png_bytes
 from tests.support.gateway import CLIENTS_TOML, upstream_toml
 
 NO_CACHE = "\n[cache]\nenabled = false\n"
+# Tokens as long as real ones: a two-character token can occur inside a provider's random
+# task id, which the gateway then refuses to repeat (it might be the credential echoed).
 _PROMPTS = itertools.count()
 
 
@@ -32,11 +34,11 @@ def test_every_upstream_refusing_a_field_is_a_400_naming_the_openai_parameter(
 ):
     ace = fake_factory("acedata")
     xhuo = fake_factory("xhuoapi")
-    for fake, token in ((ace, "a1"), (xhuo, "x1")):
+    for fake, token in ((ace, "ace-documented-0001"), (xhuo, "xhuo-documented-0001")):
         fake.behave(token, "bad_request", message="aspect_ratio is not supported")
     gw = gateway_factory(
-        upstream_toml("ace", ace, ["a1"])
-        + upstream_toml("xhuo", xhuo, ["x1"])
+        upstream_toml("ace", ace, ["ace-documented-0001"])
+        + upstream_toml("xhuo", xhuo, ["xhuo-documented-0001"])
         + CLIENTS_TOML
         + NO_CACHE
     )
@@ -56,7 +58,7 @@ def test_every_upstream_refusing_a_field_is_a_400_naming_the_openai_parameter(
     assert (info.value.param, info.value.code) == ("size", "unsupported_value")
     assert len(ace.generation_calls()) == 1 and len(xhuo.generation_calls()) == 1
     # A square picture needs no aspect_ratio at all: it is still served, without the field.
-    ace.behave("a1", "ok")
+    ace.behave("ace-documented-0001", "ok")
     resp = gw.client().images.generate(prompt=_prompt(), size="1024x1024", response_format="url")
     assert resp.data
     sent = max(ace.generation_calls() + xhuo.generation_calls(), key=lambda c: c.time).json
@@ -67,11 +69,11 @@ def test_a_refusal_of_a_field_goes_to_the_next_upstream_and_is_remembered(
     fake_factory, gateway_factory
 ):
     picky = fake_factory("acedata")
-    picky.behave("p1", "bad_request", message="model is invalid.")
+    picky.behave("ace-picky-0001", "bad_request", message="model is invalid.")
     other = fake_factory("xhuoapi")
     gw = gateway_factory(
-        upstream_toml("picky", picky, ["p1"], extra="priority = 0")
-        + upstream_toml("other", other, ["o1"], extra="priority = 1")
+        upstream_toml("picky", picky, ["ace-picky-0001"], extra="priority = 0")
+        + upstream_toml("other", other, ["xhuo-other-0001"], extra="priority = 1")
         + CLIENTS_TOML
         + NO_CACHE
     )
@@ -89,7 +91,7 @@ def test_a_refusal_of_a_field_goes_to_the_next_upstream_and_is_remembered(
     picky_view = next(u for u in gw.admin()["upstreams"] if u["name"] == "picky")
     assert picky_view["state"] == "ok" and picky_view["tokens"][0]["state"] == "ok"
     # Other models still go to the preferred upstream.
-    picky.behave("p1", "ok")
+    picky.behave("ace-picky-0001", "ok")
     assert client.images.generate(prompt=_prompt(), model="nano-banana", response_format="url")
     assert len(picky.generation_calls()) == 2
 
@@ -97,7 +99,9 @@ def test_a_refusal_of_a_field_goes_to_the_next_upstream_and_is_remembered(
 def test_one_image_per_call_is_learned_and_n_is_made_in_parallel(fake_factory, gateway_factory):
     # Makes one image per call whatever `count` says (the reference has no `count`).
     fake = fake_factory("acedata", default="partial", latency=0.2)
-    gw = gateway_factory(upstream_toml("ace", fake, ["a1"]) + CLIENTS_TOML + NO_CACHE)
+    gw = gateway_factory(
+        upstream_toml("ace", fake, ["ace-documented-0001"]) + CLIENTS_TOML + NO_CACHE
+    )
 
     async def ten() -> openai.types.ImagesResponse:
         return await gw.async_client().images.generate(
@@ -145,8 +149,8 @@ def test_documented_defapi_beside_acedata_serves_every_model(
         else ""
     )
     gw = gateway_factory(
-        upstream_toml("def", defapi, ["d1"], extra=extra)
-        + upstream_toml("ace", ace, ["a1"])
+        upstream_toml("def", defapi, ["dk-documented-0001"], extra=extra)
+        + upstream_toml("ace", ace, ["ace-documented-0001"])
         + CLIENTS_TOML
         + NO_CACHE
     )
@@ -176,7 +180,7 @@ def test_uploads_a_provider_takes_only_as_links_are_hosted_by_the_gateway(
 ):
     defapi = fake_factory("defapi", documented=True)
     gw = gateway_factory(
-        upstream_toml("def", defapi, ["d1"])
+        upstream_toml("def", defapi, ["dk-documented-0001"])
         + CLIENTS_TOML
         + NO_CACHE
         + '\n[server]\npublic_base_url = "http://gateway.example:8000"\n'
@@ -211,8 +215,8 @@ def test_without_a_public_address_uploads_go_to_an_upstream_that_takes_them_inli
     defapi = fake_factory("defapi", documented=True)
     ace = fake_factory("acedata")
     gw = gateway_factory(
-        upstream_toml("def", defapi, ["d1"], extra="priority = 0")
-        + upstream_toml("ace", ace, ["a1"], extra="priority = 1")
+        upstream_toml("def", defapi, ["dk-documented-0001"], extra="priority = 0")
+        + upstream_toml("ace", ace, ["ace-documented-0001"], extra="priority = 1")
         + CLIENTS_TOML
         + NO_CACHE
     )
@@ -236,7 +240,7 @@ def test_defapi_consumed_is_in_the_usage_log_beside_the_estimate(
     defapi = fake_factory("defapi", documented=True)
     log_path = tmp_path / "usage.jsonl"
     gw = gateway_factory(
-        upstream_toml("def", defapi, ["d1"])
+        upstream_toml("def", defapi, ["dk-documented-0001"])
         + CLIENTS_TOML
         + '\n[prices]\n"nano-banana" = 0.039\n'
         + f'\n[usage]\nlog = "{log_path}"\n'

@@ -344,7 +344,9 @@ def test_hundreds_in_flight_through_failing_tokens(fake_factory, gateway_factory
             "ace", ace, ["dead", "broke", "limited", "ok-1", "ok-2"], extra="max_concurrency = 8"
         )
         + upstream_toml("xhuo", xhuo, ["x1", "x2"])
-        + upstream_toml("def", defapi, ["d1", "d2"], extra="max_concurrency = 20")
+        + upstream_toml(
+            "def", defapi, ["dk-test-0001", "dk-test-0002"], extra="max_concurrency = 20"
+        )
         + CLIENTS_TOML
         + "[pool]\nmax_attempts = 8\nretry_backoff_seconds = 0.01\nupstream_breaker_threshold = 4\n"
     )

@@ -161,13 +161,15 @@ def test_mixed_faults_with_failover_lose_nothing(fake_factory, gateway_factory):
     rng = random.Random(7)
     for token in ("x1", "x2"):
         flaky.behave(token, [rng.choices(["ok", "server_error"], [7, 3])[0] for _ in range(400)])
-    for fake, token in ((down, "a2"), (flaky, "x2"), (steady, "d2")):
+    for fake, token in ((down, "a2"), (flaky, "x2"), (steady, "dk-test-0002")):
         fake.behave(token, "invalid_token")
     down.behave("a1", "ok")
     gw = gateway_factory(
         upstream_toml("down", down, ["a1", "a2"], extra="timeout_seconds = 5")
         + upstream_toml("flaky", flaky, ["x1", "x2"], extra="timeout_seconds = 5")
-        + upstream_toml("steady", steady, ["d1", "d2"], extra="timeout_seconds = 5")
+        + upstream_toml(
+            "steady", steady, ["dk-test-0001", "dk-test-0002"], extra="timeout_seconds = 5"
+        )
         + CLIENTS_TOML
         + POOL
         + "max_attempts = 8\n"

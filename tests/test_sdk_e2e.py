@@ -671,7 +671,7 @@ def test_more_than_four_images_go_to_an_upstream_that_takes_them(fake_factory, g
     small = fake_factory("defapi")
     large = fake_factory("acedata")
     gw = gateway_factory(
-        upstream_toml("def", small, ["d1"], extra="priority = 0")
+        upstream_toml("def", small, ["dk-test-0001"], extra="priority = 0")
         + upstream_toml("ace", large, ["a1"], extra="priority = 1")
         + CLIENTS_TOML
     )
