@@ -76,7 +76,6 @@ _SDK_RETRY_AFTER_MAX = 60
 _NO_RETRY = {"x-should-retry": "false"}
 
 
-_FIELDS = {f.value: f for f in Field}
 # OpenAI's codes are lower-case words; a provider's own code ("1", "E_42") says nothing to an
 # SDK app and is not passed on.
 _OPENAI_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -103,7 +102,7 @@ def _upstream(err: UpstreamError, secrets: tuple[str, ...]) -> OpenAIError:
             headers=headers,
         )
     if kind is FailureKind.UNSUPPORTED:
-        field = _FIELDS.get(err.param or "")
+        field = Field.named(err.param)
         return OpenAIError(
             400,
             "No configured upstream takes this request as translated "
@@ -193,8 +192,12 @@ def _partial(err: PartialResult, secrets: tuple[str, ...]) -> OpenAIError:
     return OpenAIError(502, message, type="server_error", code="partial_result", headers=_NO_RETRY)
 
 
-def _server(status: int, code: str) -> Callable[[DomainError], OpenAIError]:
-    return lambda err: OpenAIError(status, err.message, type="server_error", code=code)
+def _server(
+    status: int, code: str, headers: Mapping[str, str] | None = None
+) -> Callable[[DomainError], OpenAIError]:
+    return lambda err: OpenAIError(
+        status, err.message, type="server_error", code=code, headers=dict(headers or {})
+    )
 
 
 # Domain error class -> its OpenAI form. Looked up along the class's MRO, so a subclass
@@ -222,9 +225,7 @@ _TABLE: dict[type[DomainError], Callable[[Any], OpenAIError]] = {
     LimitExceeded: _limit,
     NotFound: lambda e: OpenAIError(404, e.message, code="not_found"),
     NoCapacity: _no_capacity,
-    CapacityTimeout: lambda e: OpenAIError(
-        504, e.message, type="server_error", code="upstream_timeout", headers=_NO_RETRY
-    ),
+    CapacityTimeout: _server(504, "upstream_timeout", _NO_RETRY),
     ShuttingDown: lambda e: OpenAIError(
         503,
         e.message,

@@ -58,8 +58,9 @@ class Counters:
     """What an upstream's (or token's) breaker has done since start, for metrics."""
 
     ejections: int = 0
-    probes_ok: int = 0
-    probes_failed: int = 0
+    trials_ok: int = 0
+    trials_failed: int = 0  # trial and panic calls to it while broken, by how they ended
+    panic_calls: int = 0
     recoveries: int = 0
     outage_seconds: float = 0.0
     last_outage_seconds: float | None = None
@@ -148,16 +149,18 @@ class Health:
         self.counters.ejections += 1
         self.broken_at = now
         self.trials_failed = 0
-        wait = cfg.probe_interval_seconds * 2 ** (self.trips - 1)
-        self.enter(State.BROKEN, now + min(wait, cfg.breaker_seconds))
+        self.enter(State.BROKEN, now + self._trial_wait(cfg))
 
     def trial_failed(self, now: float, cfg: PoolConfig) -> None:
         """A trial (or panic) call failed: the next trial waits twice as long, capped."""
         self.trials_failed += 1
-        self.counters.probes_failed += 1
-        first = cfg.probe_interval_seconds * 2 ** (self.trips - 1)
-        wait = first * 2**self.trials_failed
-        self.until, self.probing = now + min(wait, cfg.breaker_seconds), False
+        self.counters.trials_failed += 1
+        self.until, self.probing = now + self._trial_wait(cfg), False
+
+    def _trial_wait(self, cfg: PoolConfig) -> float:
+        """probe_interval, doubled per trip in a row and per failed trial, capped."""
+        wait = cfg.probe_interval_seconds * 2 ** (self.trips - 1 + self.trials_failed)
+        return min(wait, cfg.breaker_seconds)
 
 
 @dataclass(frozen=True)
@@ -188,7 +191,7 @@ class Verdicts:
     def _alive(self, upstream: Health, lease: Lease, now: float, name: str) -> None:
         """The provider answered sensibly: whatever its breaker said, it is back."""
         if upstream.state is State.BROKEN and (lease.upstream_trial or lease.panic):
-            upstream.counters.probes_ok += 1
+            upstream.counters.trials_ok += 1
         trials = upstream.trials_failed
         outage = upstream.ok(now)
         if outage is not None:

@@ -21,8 +21,6 @@ from .view import UpstreamView, pool_view
 
 log = logging.getLogger("gateway.pool")
 
-_FIELD_VALUES = {f.value for f in Field}
-
 
 @dataclass
 class Run:
@@ -141,7 +139,7 @@ class Pool:
         skip it or leave the field out), and this request goes on without it, or to it in
         another form; re-raised when no upstream is left."""
         upstream = taken.slot.upstream
-        field = Field(err.param) if err.param in _FIELD_VALUES else Field.MODEL
+        field = Field.named(err.param) or Field.MODEL
         reason = scrub(err.message, self._secrets)
         if upstream.refusals.add(job.model, field, reason, self._clock()):
             log.warning(

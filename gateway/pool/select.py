@@ -76,7 +76,6 @@ class Selector:
         self.upstream_health: dict[str, Health] = {u.name: Health() for u, _ in upstreams}
         self.upstream_inflight: dict[str, int] = {u.name: 0 for u, _ in upstreams}
         self.upstream_panic: dict[str, int] = {u.name: 0 for u, _ in upstreams}
-        self.panic_calls: dict[str, int] = {u.name: 0 for u, _ in upstreams}
         self._panic_next: dict[str, float] = {u.name: 0.0 for u, _ in upstreams}
         self.slots: list[Slot] = [
             Slot(upstream=u, cfg=c, token=t, id=token_id(t), index=i)
@@ -178,7 +177,7 @@ class Selector:
         if panic:
             name = slot.upstream.name
             self.upstream_panic[name] += 1
-            self.panic_calls[name] += 1
+            up.counters.panic_calls += 1
             self._panic_next[name] = now + self._cfg.probe_interval_seconds / (
                 self._cfg.panic_concurrency
             )

@@ -110,17 +110,17 @@ def _learned(upstream: Upstream, now: float) -> LearnedView:
     return LearnedView(refuses=refuses, images_per_call=upstream.capacity.learned())
 
 
-def _breaker(c: Counters, panic_calls: int, stale: int) -> BreakerView:
+def _breaker(c: Counters, stale: int) -> BreakerView:
     return BreakerView(
         ejections=c.ejections,
-        trials_ok=c.probes_ok,
-        trials_failed=c.probes_failed,
+        trials_ok=c.trials_ok,
+        trials_failed=c.trials_failed,
         recoveries=c.recoveries,
         outage_seconds_total=round(c.outage_seconds, 3),
         last_outage_seconds=None
         if c.last_outage_seconds is None
         else round(c.last_outage_seconds, 3),
-        panic_calls=panic_calls,
+        panic_calls=c.panic_calls,
         stale_connection_retries=stale,
     )
 
@@ -168,11 +168,7 @@ def pool_view(selector: Selector, now: float) -> tuple[UpstreamView, ...]:
                 returns_in_seconds=_returns_in(uh, uh.state, now),
                 broken_since=uh.since if broken else None,
                 panic_inflight=panic,
-                breaker=_breaker(
-                    uh.counters,
-                    selector.panic_calls[upstream.name],
-                    upstream.stale_retries,
-                ),
+                breaker=_breaker(uh.counters, upstream.stale_retries),
                 learned=_learned(upstream, now),
                 tokens=tuple(_token(s, now, wall) for s in slots),
                 tokens_available=sum(1 for s in slots if selector.usable(s, now)),

@@ -18,7 +18,9 @@ from typing import Any
 import httpx
 
 from ..http import TooLarge, read_capped
+from ..types import Job
 from .base import FailureKind, UpstreamError
+from .forms import refused_field
 
 # Most bytes one upstream answer may have. Answers are small JSON, except defapi's, which
 # may carry the image itself as a data: URI (a 4K PNG, base64-inflated).
@@ -141,3 +143,18 @@ def transport_error(exc: Exception, upstream: str) -> UpstreamError:
     return UpstreamError(
         FailureKind.CONNECTION, f"{upstream}: connection failed ({type(exc).__name__})"
     )
+
+
+def translation_refused(
+    kind: FailureKind, message: str, job: Job
+) -> tuple[FailureKind, str | None]:
+    """A bad request about a field the gateway chose (the model id, aspect ratio,
+    resolution, count, inline images) is the gateway's translation refused, not the
+    caller's fault: UNSUPPORTED and the field's value. About the caller's own input it
+    stays BAD_REQUEST. Pure."""
+    if kind is not FailureKind.BAD_REQUEST:
+        return kind, None
+    field = refused_field(message, job)
+    if field is None:
+        return kind, None
+    return FailureKind.UNSUPPORTED, field.value

@@ -19,10 +19,11 @@ from ._common import (
     json_loads,
     keep_asked,
     parse_retry_after,
+    translation_refused,
     without_token_ids,
 )
 from .base import FailureKind, Upstream, UpstreamError, UpstreamResult
-from .forms import Field, refused_field
+from .forms import Field
 
 DEFAULT_MODELS = {
     m: m for m in ("nano-banana", "nano-banana-2", "nano-banana-pro", "nano-banana-2-lite")
@@ -136,17 +137,17 @@ def refusal_of_translation(err: UpstreamError, job: Job) -> UpstreamError:
     """A 400 about a field the gateway chose (the model id, aspect ratio, resolution,
     count, inline images) is the gateway's translation refused, not the caller's fault:
     UNSUPPORTED naming the field. Pure; table-tested."""
-    if err.kind is not FailureKind.BAD_REQUEST or err.status == 413:
-        return err  # 413: the caller's image is too large, as the reference says
-    field = refused_field(err.message, job)
-    if field is None:
+    if err.status == 413:
+        return err  # the caller's image is too large, as the reference says
+    kind, param = translation_refused(err.kind, err.message, job)
+    if kind is err.kind:
         return err
     return UpstreamError(
-        FailureKind.UNSUPPORTED,
+        kind,
         err.message,
         status=err.status,
         code=err.code,
-        param=field.value,
+        param=param,
         task_id=err.task_id,
         trace_id=err.trace_id,
     )

@@ -144,11 +144,11 @@ class Upstream(ABC):
             return field.param, f"{self.name} does not take {field.value} for {job.model}"
         return None
 
-    def sendable(self, model: str, now: float | None = None) -> frozenset[Field]:
+    def sendable(self, model: str) -> frozenset[Field]:
         """The fields this upstream may be sent for a model: its defaults and configured
         ones, less what it has refused lately."""
-        at = time.monotonic() if now is None else now
-        return frozenset(f for f in self._fields if not self.refusals.refuses(model, f, at))
+        now = time.monotonic()
+        return frozenset(f for f in self._fields if not self.refusals.refuses(model, f, now))
 
     def form(self, job: Job) -> frozenset[Field]:
         """The optional fields one call for this job carries: those it needs and may send.
@@ -158,10 +158,9 @@ class Upstream(ABC):
     def linked(self, job: Job) -> Job:
         """The job as this upstream may be sent it: uploads it will not take inline are
         replaced by links to copies the gateway hosts (see host_upload)."""
-        inline = [i for i in job.images if i.startswith("data:")]
-        if not inline or Field.INLINE_IMAGES in self.sendable(job.model) or not self.host_upload:
-            return job
         host = self.host_upload
+        if host is None or Field.INLINE_IMAGES not in needed(job) - self.sendable(job.model):
+            return job
         images = tuple(host(i) if i.startswith("data:") else i for i in job.images)
         return dataclasses.replace(job, images=images)
 

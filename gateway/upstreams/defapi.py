@@ -26,9 +26,17 @@ from typing import Any
 from ..http import make_client
 from ..models import takes_resolution
 from ..types import Job
-from ._common import call, clean_id, is_image_link, json_loads, keep_asked, parse_retry_after
+from ._common import (
+    call,
+    clean_id,
+    is_image_link,
+    json_loads,
+    keep_asked,
+    parse_retry_after,
+    translation_refused,
+)
 from .base import FailureKind, Upstream, UpstreamError, UpstreamResult
-from .forms import Field, refused_field
+from .forms import Field
 
 log = logging.getLogger("gateway.upstreams")
 
@@ -101,13 +109,7 @@ def refusal(status: int, message: str, job: Job) -> tuple[FailureKind, str | Non
     """A failed submit's kind and, for UNSUPPORTED, the Field value it refused. A refused
     request is the caller's (BAD_REQUEST) only when it is about the caller's own input;
     about a field the gateway chose, it is the translation that was refused. Pure."""
-    kind = classify_submit(status, message)
-    if kind is not FailureKind.BAD_REQUEST:
-        return kind, None
-    field = refused_field(message, job)
-    if field is None:
-        return FailureKind.BAD_REQUEST, None
-    return FailureKind.UNSUPPORTED, field.value
+    return translation_refused(classify_submit(status, message), message, job)
 
 
 def task_answer(payload: Any) -> dict[str, Any] | None:

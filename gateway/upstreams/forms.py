@@ -38,6 +38,11 @@ class Field(enum.Enum):
         """The OpenAI parameter this field was made from, for the caller's error."""
         return _OPENAI_PARAM[self]
 
+    @classmethod
+    def named(cls, value: str | None) -> Field | None:
+        """The field with this value (an UpstreamError's `param`), or None."""
+        return next((field for field in cls if field.value == value), None)
+
 
 _OPENAI_PARAM = {
     Field.MODEL: "model",
@@ -64,13 +69,17 @@ def needed(job: Job) -> frozenset[Field]:
 
 
 # Words in a provider's refusal that name the field it refused, first match wins: the
-# prompt is the caller's own input; the images (None) may be either side's.
+# prompt (None) is the caller's own input; the images are the inline form's only where
+# uploads went inline (else they are the caller's links).
 _NAMED: tuple[tuple[re.Pattern[str], Field | None], ...] = (
     (re.compile(r"prompt", re.I), None),
     (re.compile(r"aspect", re.I), Field.ASPECT_RATIO),
     (re.compile(r"image_size|resolution|\bsize\b", re.I), Field.RESOLUTION),
     (re.compile(r"\bcount\b|\bnumber of images\b", re.I), Field.COUNT),
-    (re.compile(r"data:|base64|data ?uri|image_urls|\bimages?\b|\burls?\b", re.I), None),
+    (
+        re.compile(r"data:|base64|data ?uri|image_urls|\bimages?\b|\burls?\b", re.I),
+        Field.INLINE_IMAGES,
+    ),
     (re.compile(r"\bmodel\b", re.I), Field.MODEL),
 )
 
@@ -82,10 +91,8 @@ def refused_field(message: str, job: Job) -> Field | None:
     id, the one field every call carries."""
     for pattern, field in _NAMED:
         if pattern.search(message):
-            if field is None and pattern.pattern.startswith("prompt"):
+            if field is Field.INLINE_IMAGES and field not in needed(job):
                 return None
-            if field is None:  # the images
-                return Field.INLINE_IMAGES if Field.INLINE_IMAGES in needed(job) else None
             return field
     return Field.MODEL
 
