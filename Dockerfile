@@ -51,7 +51,12 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links=/wheels /wheels/*.whl \
     && groupadd --system --gid 10001 gateway \
     && useradd --system --no-log-init --uid 10001 --gid gateway \
-       --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin gateway
+       --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin gateway \
+    && install -d -o 10001 -g 10001 -m 0700 /var/lib/nano-banana-gateway
+
+# The state directory: without Redis, each client's day of usage (SQLite), so a restart
+# keeps it. Mount a volume here to keep it across containers; "" keeps it in memory.
+ENV GATEWAY_STATE_DIR=/var/lib/nano-banana-gateway
 
 # Numeric, so Kubernetes' runAsNonRoot can verify it without looking up a name.
 USER 10001:10001

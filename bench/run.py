@@ -22,6 +22,8 @@ Scenarios:
   big       8 MiB PNGs as b64_json, 16 clients: MB/s delivered and peak memory
   recovery  (only when named) the provider restarted, then 3 s of HTTP 500s: seconds from
             its return to the first success and to steady service (bench/recovery.py)
+  limits    (only when named) the overhead load with every client limit set, counted in
+            process vs in Redis, and Redis round trips per request (bench/limits.py)
 
 Peak memory is VmHWM from /proc, so each scenario gets fresh processes. CPU is utime+stime
 from /proc, per process, read around each measured run.
@@ -229,6 +231,8 @@ def stack(settings: Settings, latency: float, image_bytes: int, tmp: Path) -> It
             "ACEDATA_API_TOKENS": UPSTREAM_TOKEN,
             "ACEDATA_BASE_URL": fake.url,
             "GATEWAY_CLIENT_KEYS": f"bench:{CLIENT_KEY}",
+            # The day's counts in a folder of this run's, not the user's home.
+            "GATEWAY_STATE_DIR": str(tmp / f"state-{port}"),
         }
         gateway = start(
             "gateway",
@@ -756,6 +760,13 @@ def scenario_big(settings: Settings, tmp: Path) -> dict[str, Any]:
     return out
 
 
+def scenario_limits(settings: Settings, tmp: Path) -> dict[str, Any]:
+    """Client limits counted in process vs in Redis, beside the pass-through."""
+    import limits  # here, not at the top: bench/limits.py imports this module
+
+    return limits.scenario(settings, tmp)
+
+
 def scenario_recovery(settings: Settings, tmp: Path) -> dict[str, Any]:
     """Seconds from the provider's return to the first success and to steady service."""
     import recovery  # here, not at the top: bench/recovery.py imports this module
@@ -769,10 +780,11 @@ SCENARIOS: dict[str, Callable[[Settings, Path], dict[str, Any]]] = {
     "long": scenario_long,
     "big": scenario_big,
     "recovery": scenario_recovery,
+    "limits": scenario_limits,
 }
 # Run only when named: a round lasts as long as the gateway takes to recover (half a
 # minute with a 30 s breaker), and the default set is what the smoke test runs.
-OPT_IN = ("recovery",)
+OPT_IN = ("recovery", "limits")
 
 
 # --------------------------------------------------------------------------- targets
@@ -897,6 +909,23 @@ def verdicts(results: dict[str, Any], settings: Settings) -> list[Verdict]:
                     f"median {r[key]['median']} s; {r['failed']} failed, {r['ok']} ok",
                 )
             )
+    if "limits" in results:
+        r = results["limits"]
+        trips = r["limit_round_trips_per_request"]
+        out.append(
+            Verdict(
+                "limits",
+                "Redis round trips per request for the limits",
+                trips,
+                "<= 1 (the issue's target)",
+                check(trips <= 1.05),
+                "one script takes every limit, one settles (before the answer, so a follow-up "
+                f"on another replica is never refused for it); throughput shared / local "
+                f"{r['throughput_ratio_shared_to_local']}, shared / pass-through "
+                f"{r['throughput_ratio_shared_to_passthrough']}, local / pass-through "
+                f"{r['throughput_ratio_local_to_passthrough']}",
+            )
+        )
     if settings.quick:
         for v in out:
             if v.scenario == "recovery":
@@ -915,7 +944,7 @@ def print_table(results: dict[str, Any], checks: list[Verdict]) -> None:
         f"{'scenario':<15} {'target':<12} {'req/s':>9} {'p50 ms':>9} {'p99 ms':>9} "
         f"{'CPU ms/req':>11} {'failed':>7}"
     )
-    for scen in ("overhead", "cache"):
+    for scen in ("overhead", "cache", "limits"):
         if scen not in results:
             continue
         r = results[scen]

@@ -87,7 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     _raise_file_limit()
     from .app import create_app
 
-    app = create_app(config, bind_host=args.host)
+    try:
+        app = create_app(config, bind_host=args.host)
+    except ConfigError as exc:  # a state directory that cannot be written, say
+        print(f"nano-banana-gateway: configuration error: {exc}", file=sys.stderr)
+        return 2
     # Thousands of requests waiting on upstreams keep hundreds of thousands of objects
     # alive; with CPython's default thresholds (700, 10, 10) the collector walks them all
     # every few hundred requests, pausing the event loop for up to 0.2 s each time

@@ -20,6 +20,7 @@ from starlette.routing import Route
 from .admission.clients import ClientAuth
 from .admission.limits import Limiter
 from .admission.prices import PriceList
+from .admission.shared import SharedLimits
 from .api.catalog import ModelEndpoints
 from .api.errors import INTERNAL, OpenAIError, openai_error
 from .api.images import ImageEndpoints
@@ -32,7 +33,13 @@ from .config import Config
 from .errors import DomainError
 from .fanout import FanOut
 from .metering.meter import Meter
-from .metering.metrics import CacheCollector, LimitsCollector, Metrics, PoolCollector
+from .metering.metrics import (
+    CacheCollector,
+    LimitsCollector,
+    Metrics,
+    PoolCollector,
+    RedisCollector,
+)
 from .metering.usage import UsageLog
 from .pipeline import ImagePipeline
 from .pool import Pool
@@ -42,6 +49,8 @@ from .shape.netguard import UrlPolicy
 from .shape.shaper import Shaper
 from .shape.store import ImageStore
 from .shutdown import Shutdown
+from .state.daybook import DayBook, open_state_dir
+from .state.redis import RedisLink
 from .upstreams import build_upstream
 
 log = logging.getLogger("gateway")
@@ -66,11 +75,21 @@ class Gateway:
     usage_log: UsageLog
     store: ImageStore  # images the gateway hosts: answers as links, uploads for providers
 
+    limiter: Limiter
+    redis: RedisLink | None  # the state shared with other replicas, when configured
+
+    async def start(self) -> None:
+        """Read what other replicas share (limits, token health) and keep reading it."""
+        await self.limiter.start()
+        await self.pool.start()
+
     async def aclose(self) -> None:
-        """Close every outbound client and the usage log."""
+        """Settle and send what is still unshared; close every client and the usage log."""
+        await self.limiter.aclose()
         await self.pool.aclose()
         await self.fetcher.aclose()
-        await self.cache.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
         self.usage_log.close()
 
 
@@ -85,7 +104,10 @@ def build(config: Config) -> Gateway:
         trusted_urls=[u.base_url for u in config.upstreams if u.type != "mock"],
     )
     auth = ClientAuth(config.clients)
-    limiter = Limiter(config.clients)
+    redis = None
+    if config.redis.url:
+        redis = RedisLink(config.redis, on_error=lambda op: metrics.redis_errors.labels(op).inc())
+    limiter = _limiter(config, redis)
     usage_log = UsageLog(config.usage.log)
     meter = Meter(metrics, limiter, PriceList(config.prices), usage_log, describe=_status_and_code)
     store = ImageStore()
@@ -100,6 +122,8 @@ def build(config: Config) -> Gateway:
         on_attempt=meter.attempt,
         on_retry=meter.retry,
         secrets=secrets,
+        redis=redis,
+        sync_seconds=config.redis.sync_seconds,
     )
     fetcher = Fetcher(
         max_bytes=config.images.download_max_bytes,
@@ -115,14 +139,35 @@ def build(config: Config) -> Gateway:
         fetcher,
         deadline_seconds=config.pool.deadline_seconds,
         on_evict=meter.cache_evicted,
-        on_redis_error=meter.redis_error,
+        redis=redis,
     )
     pipeline = ImagePipeline(
         auth=auth, limiter=limiter, cache=cache, meter=meter, images=config.images
     )
     for collector in (PoolCollector(pool), LimitsCollector(limiter), CacheCollector(cache)):
         metrics.registry.register(collector)
-    return Gateway(config, metrics, policy, auth, pool, cache, pipeline, fetcher, usage_log, store)
+    if redis is not None:
+        metrics.registry.register(RedisCollector(redis))
+    return Gateway(
+        config, metrics, policy, auth, pool, cache, pipeline, fetcher, usage_log, store,
+        limiter, redis,
+    )  # fmt: skip
+
+
+def _limiter(config: Config, redis: RedisLink | None) -> Limiter:
+    """The limits: in Redis when there is one, else in this process with the day's counts
+    in the state directory (StateDirError when it cannot be written)."""
+    cfg = config.redis
+    shared = SharedLimits(redis, lease_seconds=cfg.lease_seconds) if redis else None
+    daybook = None if redis else DayBook(open_state_dir(config.state.dir))
+    return Limiter(
+        config.clients,
+        shared=shared,
+        daybook=daybook,
+        refuse_when_down=cfg.daily_limits_when_down == "refuse",
+        sync_seconds=cfg.sync_seconds,
+        lease_seconds=cfg.lease_seconds,
+    )
 
 
 def _upload_host(store: ImageStore, public_base_url: str) -> Callable[[str], str]:
@@ -158,13 +203,14 @@ def create_app(config: Config, *, bind_host: str = "127.0.0.1") -> Starlette:
         secrets=secrets,
     )
     catalog = ModelEndpoints(config, pool, gateway.auth)
-    ops = OperationEndpoints(config, pool, store, metrics.registry)
+    ops = OperationEndpoints(config, pool, gateway.limiter, store, metrics.registry)
     document = openapi_document(config)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         _announce(config)
         shutdown.bind(asyncio.get_running_loop())
+        await gateway.start()
         metrics_server = None
         if config.server.metrics_port is not None:
             host = config.server.metrics_host or bind_host
@@ -192,6 +238,7 @@ def create_app(config: Config, *, bind_host: str = "127.0.0.1") -> Starlette:
         Route("/healthz", ops.healthz, methods=["GET"]),
         Route("/readyz", ops.readyz, methods=["GET"]),
         Route("/admin/upstreams", ops.admin_upstreams, methods=["GET"]),
+        Route("/admin/clients", ops.admin_clients, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
     if config.server.metrics_port is None:

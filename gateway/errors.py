@@ -140,6 +140,19 @@ class LimitExceeded(DomainError):
         self.daily = daily
 
 
+class LimitsUnavailable(DomainError):
+    """The shared store holding a client's daily limits cannot be reached, and the gateway
+    is set to refuse rather than count on what one replica knows
+    ([redis] daily_limits_when_down = "refuse")."""
+
+    def __init__(self, client: str) -> None:
+        super().__init__(
+            f"Client '{client}' has daily limits kept in the gateway's shared store, which "
+            "cannot be reached just now; retry in a few seconds."
+        )
+        self.client = client
+
+
 class NotFound(DomainError):
     """A thing the caller named does not exist (an expired image link, a disabled
     endpoint)."""

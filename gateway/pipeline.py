@@ -1,8 +1,10 @@
 """The image pipeline: one request, from the calling client to its metered answer.
 
-    admit      who is calling (admission/clients), within its rate and concurrency limits
+    admit      who is calling (admission/clients); refused if known to be over its rate
     translate  the parsed OpenAI request -> a Job (what to make) and an Output (its shape)
-    reserve    the day's image and budget limits, for the n asked for (or a stored answer)
+    reserve    every limit at once (admission/limits): rate, concurrency, and the day's
+               images and budget for the n asked for (or a stored answer when those are
+               used up)
     cache      an identical request stored or in flight?          (cache/layer.py)
     fan out    n -> upstream calls, one refill round              (fanout.py)
     pool       a token, retries elsewhere                         (pool/)
@@ -136,12 +138,15 @@ class ImagePipeline:
             if pending is not None:
                 _close(pending)  # refused before the body was read
             if not streaming:
-                self._meter.finish(record)
+                settling = self._meter.finish(record)
+                if settling is not None:
+                    # The shared limits hear of the end before the caller does (see settle).
+                    await asyncio.shield(settling)
 
     def _admit(self, caller: Caller, record: Record) -> ClientConfig:
         client = caller.client or self._auth.identify(caller.key)
         record.client = client.name
-        # Before the body is read: a client over its rate costs as little as possible.
+        # Before the body is read: a client known to be over its rate costs little.
         record.lease = self._limiter.admit(client)
         return client
 
@@ -165,8 +170,10 @@ class ImagePipeline:
         assert record.lease is not None
         stored = None
         try:
-            self._limiter.reserve(record.lease, job.count, self._meter.estimate(job))
-        except LimitExceeded:
+            await self._limiter.reserve(record.lease, job.count, self._meter.estimate(job))
+        except LimitExceeded as err:
+            if not err.daily:
+                raise  # over its rate or concurrency: not even a stored answer
             stored = await self._cache.stored(job, output, policy)
             if stored is None:
                 raise

@@ -12,6 +12,13 @@ from tests.support.fakes import FakeUpstream
 from tests.support.gateway import RunningGateway, make_config
 
 
+@pytest.fixture(autouse=True)
+def _state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test's gateways keep their state directory (the day's counts) in a folder of
+    the test's own, never in the user's home; child processes inherit it."""
+    monkeypatch.setenv("GATEWAY_STATE_DIR", str(tmp_path_factory.mktemp("state")))
+
+
 @pytest.fixture
 def gateway_factory() -> Iterator[Any]:
     """Start gateways from TOML text; all are stopped at the end of the test."""

@@ -19,6 +19,7 @@ from gateway.errors import (
     ImageTooLargeToHost,
     InvalidParameter,
     LimitExceeded,
+    LimitsUnavailable,
     ModelNotAllowed,
     ModelNotFound,
     ModelUnavailable,
@@ -87,6 +88,14 @@ ROWS: list[tuple[DomainError, int, str, str | None, str | None, dict[str, str]]]
         "rate_limit_exceeded",
         None,
         {"retry-after": "30"},
+    ),
+    (
+        LimitsUnavailable("team-a"),
+        503,
+        "server_error",
+        "limits_unavailable",
+        None,
+        {"retry-after": "5"},
     ),
     (
         LimitExceeded("images_per_day", "done", 3600, daily=True),

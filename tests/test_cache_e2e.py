@@ -318,7 +318,7 @@ def test_cache_metrics_report_bytes_entries_and_evictions(fake_factory, gateway_
     assert _metric(gw, "nano_banana_cache_bytes") > 2 * 1000  # two PNGs held
     assert _metric(gw, "nano_banana_cache_evictions_total", reason="size") == 1
     # No Redis configured: no Redis gauge, so no "shared cache down" alert can fire.
-    assert "nano_banana_cache_redis_up" not in gw.metrics()
+    assert "nano_banana_redis_up" not in gw.metrics()
 
 
 def test_hits_cost_nothing_and_count_as_savings(fake_factory, gateway_factory, tmp_path):

@@ -80,7 +80,7 @@ def test_identical_requests_on_two_replicas_coalesce(replicas):
 def test_stopping_redis_loses_no_request(replicas, redis_server):
     _fake, start = replicas
     a, b = start(2)
-    assert "nano_banana_cache_redis_up 1.0" in httpx.get(f"{a.url}/metrics").text
+    assert "nano_banana_redis_up 1.0" in httpx.get(f"{a.url}/metrics").text
     counter = itertools.count()
 
     def one(i: int) -> tuple[str, str]:
@@ -100,7 +100,7 @@ def test_stopping_redis_loses_no_request(replicas, redis_server):
     for proc in (a, b):
         assert "Redis at 127.0.0.1" in proc.log() and "unavailable" in proc.log()
         assert REDIS_PASSWORD not in proc.log()
-    assert "nano_banana_cache_redis_up 0.0" in httpx.get(f"{a.url}/metrics").text
+    assert "nano_banana_redis_up 0.0" in httpx.get(f"{a.url}/metrics").text
     # Each replica still answers repeats from its own cache.
     _generate(a, "after redis")
     assert _generate(a, "after redis")[0] == "hit"

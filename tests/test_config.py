@@ -785,7 +785,54 @@ def test_client_cache_opt_out() -> None:
 
 def test_redis_url_from_the_environment() -> None:
     config = config_from_env({"GATEWAY_REDIS_URL": "redis://127.0.0.1:6379/0"})
-    assert config.cache.redis_url == "redis://127.0.0.1:6379/0"
+    assert config.redis.url == "redis://127.0.0.1:6379/0"
+    # A file that names no Redis takes it from the environment too; one that does wins.
+    from_file = parse_config({}, {"GATEWAY_REDIS_URL": "redis://10.0.0.1:6379/0"})
+    assert from_file.redis.url == "redis://10.0.0.1:6379/0"
+    named = parse_config(
+        {"redis": {"url": "redis://10.0.0.2:6379/0"}}, {"GATEWAY_REDIS_URL": "redis://x:1/0"}
+    )
+    assert named.redis.url == "redis://10.0.0.2:6379/0"
+
+
+def test_cache_redis_url_is_the_older_spelling_of_redis_url() -> None:
+    config = parse_config(
+        {"cache": {"redis_url": "redis://h:1/0", "redis_prefix": "x:", "redis_timeout_seconds": 2}},
+        {},
+    )
+    assert (config.redis.url, config.redis.prefix, config.redis.timeout_seconds) == (
+        "redis://h:1/0",
+        "x:",
+        2,
+    )
+    both = parse_config(
+        {"cache": {"redis_url": "redis://old:1/0"}, "redis": {"url": "redis://new:1/0"}}, {}
+    )
+    assert both.redis.url == "redis://new:1/0"
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"GATEWAY_STATE_DIR": "/srv/state", "HOME": "/home/x"}, "/srv/state"),
+        ({"GATEWAY_STATE_DIR": "", "HOME": "/home/x"}, ""),
+        ({"XDG_STATE_HOME": "/xdg", "HOME": "/home/x"}, "/xdg/nano-banana-gateway"),
+        ({"HOME": "/home/x"}, "/home/x/.local/state/nano-banana-gateway"),
+        ({}, ""),
+    ],
+)
+def test_the_state_directory_default(env: dict[str, str], expected: str) -> None:
+    assert parse_config({}, env).state.dir == expected
+    assert parse_config({"state": {"dir": "/etc/x"}}, env).state.dir == "/etc/x"
+
+
+def test_redis_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match=r"^redis\.daily_limits_when_down:"):
+        parse_config({"redis": {"daily_limits_when_down": "maybe"}}, {})
+    with pytest.raises(ConfigError, match=r"^redis\.lease_seconds:"):
+        parse_config({"redis": {"lease_seconds": 0}}, {})
+    with pytest.raises(ConfigError, match=r"^redis\.url:"):
+        parse_config({"redis": {"url": "http://x"}}, {})
 
 
 def test_access_log_setting() -> None:

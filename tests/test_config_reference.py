@@ -107,6 +107,8 @@ def test_reference_keeps_the_sections_in_order() -> None:
         "[prices]",
         "[usage]",
         "[server]",
+        "[redis]",
+        "[state]",
     ]
 
 
@@ -183,7 +185,8 @@ def test_commented_out_examples_are_valid_too() -> None:
     (upstream,) = config.upstreams
     assert (upstream.max_concurrency, upstream.base_url) == (16, "https://api.acedata.cloud")
     assert config.clients[0].budget_usd_per_day == 50.0
-    assert config.cache.redis_url == "redis://redis:6379/0"
+    assert config.redis.url == "redis://redis:6379/0"
+    assert config.state.dir == "/var/lib/nano-banana-gateway"
     assert config.server.metrics_port == 9100
     assert config.prices.table["nano-banana-pro:official"]["4K"] == 0.3
 
@@ -350,6 +353,7 @@ def test_types_are_strict(section: str, key: str, value: Any, message: str) -> N
     [
         ("pool", "deadline_seconds", 10, 10.0),  # a whole number is a number
         ("cache", "redis_prefix", "", "nbg:"),  # empty: the default
+        ("redis", "prefix", "", "nbg:"),
         ("usage", "log", "", "stdout"),
         ("server", "metrics_host", "", None),
     ],

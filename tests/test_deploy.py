@@ -54,7 +54,9 @@ COUNTERS = {
     "nano_banana_cache_requests_total",
     "nano_banana_cache_upstream_calls_saved_total",
     "nano_banana_cache_evictions_total",
-    "nano_banana_cache_redis_errors_total",
+    "nano_banana_redis_errors_total",
+    "nano_banana_limits_local_admissions_total",
+    "nano_banana_limits_redis_round_trips_total",
     "nano_banana_upstream_ejections_total",
     "nano_banana_upstream_trials_total",
     "nano_banana_upstream_recoveries_total",
@@ -75,7 +77,7 @@ GAUGES = {
     "nano_banana_upstream_panic_inflight",
     "nano_banana_cache_bytes",
     "nano_banana_cache_entries",
-    "nano_banana_cache_redis_up",
+    "nano_banana_redis_up",
     "nano_banana_client_limit",
     "nano_banana_client_limit_usage",
 }
@@ -590,7 +592,7 @@ def test_redis_is_shared_by_the_replicas() -> None:
     """The gateway's redis_url points at the Redis Service with the password Redis starts
     with; Redis and gateway selectors never pick each other's pods; only gateways get in."""
     configmap_text = kubernetes_object("ConfigMap")["data"]["config.toml"]
-    redis_url = tomllib.loads(configmap_text)["cache"]["redis_url"]
+    redis_url = tomllib.loads(configmap_text)["redis"]["url"]
     match = re.fullmatch(r"redis://:\$\{(\w+)\}@([\w.-]+):(\d+)/\d+", redis_url)
     assert match, f"redis_url {redis_url!r}: expected redis://:${{PASSWORD}}@host:port/db"
     password_variable, host, port = match.groups()

@@ -51,7 +51,7 @@ KUBERNETES = ROOT / "deploy" / "kubernetes"
 
 # RUN commands that only set up the user the image runs as; a process started by the
 # test already runs unprivileged, so there is nothing to replay.
-NOT_REPLAYED = {"groupadd", "useradd"}
+NOT_REPLAYED = {"groupadd", "useradd", "install"}
 
 
 # --- replaying the Dockerfile ----------------------------------------------------
@@ -221,7 +221,13 @@ class Image:
 
     def environment(self, extra: Mapping[str, str], home: Path) -> dict[str, str]:
         """The image's ENV plus what the orchestrator adds, and nothing from this machine."""
-        return {"PATH": f"{self.bin}:/usr/bin:/bin", "HOME": str(home), **self.fs.env, **extra}
+        env = {"PATH": f"{self.bin}:/usr/bin:/bin", "HOME": str(home), **self.fs.env, **extra}
+        if "GATEWAY_STATE_DIR" in self.fs.env and "GATEWAY_STATE_DIR" not in extra:
+            # The image's state directory (made for its user by `install -d`), here in
+            # the test's home rather than on this machine's /var/lib.
+            assert self.fs.env["GATEWAY_STATE_DIR"] == "/var/lib/nano-banana-gateway"
+            env["GATEWAY_STATE_DIR"] = str(home / "var-lib-nano-banana-gateway")
+        return env
 
 
 @pytest.fixture(scope="module")

@@ -196,12 +196,42 @@ def test_health_metrics_and_admin(fake_factory, gateway_factory):
         assert secret not in str(body)
 
 
+def test_admin_clients_shows_each_teams_day_against_its_limits(fake_factory, gateway_factory):
+    fake = fake_factory("acedata")
+    gw = gateway_factory(
+        upstream_toml("ace", fake, TOKENS)
+        + f'[[clients]]\nname = "team-a"\nkey = "{CLIENT_KEY}"\nimages_per_day = 3\n'
+        + '[[clients]]\nname = "team-b"\nkey = "sk-team-b-0123456789"\n'
+        + f'[admin]\nkey = "{ADMIN_KEY}"\n'
+    )
+    client = gw.client()
+    client.images.generate(prompt="one", n=2, response_format="url")
+    with pytest.raises(openai.RateLimitError):
+        client.images.generate(prompt="two", n=2, response_format="url")
+    with gw.http() as http:
+        assert http.get("/admin/clients").status_code == 401
+        wrong = {"authorization": "Bearer wrong-admin-key"}
+        assert http.get("/admin/clients", headers=wrong).status_code == 401
+        body = http.get("/admin/clients", headers={"x-admin-key": ADMIN_KEY}).json()
+    by_name = {c["client"]: c for c in body["clients"]}
+    a, b = by_name["team-a"], by_name["team-b"]
+    # The refused request held a place in the rate limits, so it counts as a request.
+    assert (a["requests"], a["images"], a["refused"]) == (2, 2, {"images_per_day": 1})
+    assert a["limits"]["images_per_day"] == 3 and a["limits"]["requests_per_minute"] is None
+    assert (a["in_flight"], a["shared"]) == (0, False)
+    assert (b["requests"], b["images"], b["refused"]) == (0, 0, {})
+    for secret in [*TOKENS, CLIENT_KEY, ADMIN_KEY]:
+        assert secret not in str(body)
+
+
 def test_admin_is_off_without_a_key(fake_factory, gateway_factory):
     fake = fake_factory("acedata")
     gw = gateway_factory(upstream_toml("ace", fake, ["t1"]))
     with gw.http() as http:
         r = http.get("/admin/upstreams", headers={"authorization": "Bearer anything-at-all"})
+        clients = http.get("/admin/clients", headers={"authorization": "Bearer anything-at-all"})
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    assert clients.status_code == 404
 
 
 def test_secrets_never_reach_the_log(spawn, fake_factory):

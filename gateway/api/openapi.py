@@ -258,6 +258,17 @@ def openapi_document(config: Config) -> dict[str, Any]:
                 },
             }
         },
+        "/admin/clients": {
+            "get": {
+                "summary": "Each client's day so far (UTC) against its limits.",
+                "security": [{"adminKey": []}, {"adminKeyHeader": []}],
+                "responses": {
+                    "200": _json("The clients.", {"type": "object"}),
+                    "401": _error(401),
+                    "404": {**_error(404), "description": "No [admin] key is configured."},
+                },
+            }
+        },
         "/openapi.json": {
             "get": {
                 "summary": "This document.",

@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ..admission.limits import Limiter
 from ..config import Config
 from ..errors import NotFound
 from ..pool import Pool, UpstreamView
@@ -37,10 +38,16 @@ class OperationEndpoints:
     """Health, readiness, metrics, admin and hosted images."""
 
     def __init__(
-        self, config: Config, pool: Pool, store: ImageStore, registry: CollectorRegistry
+        self,
+        config: Config,
+        pool: Pool,
+        limiter: Limiter,
+        store: ImageStore,
+        registry: CollectorRegistry,
     ) -> None:
         self._config = config
         self._pool = pool
+        self._limiter = limiter
         self._store = store
         self._registry = registry
 
@@ -70,6 +77,34 @@ class OperationEndpoints:
                 "upstreams": view_json(self._pool.view()),
             }
         )
+
+    async def admin_clients(self, request: Request) -> Response:
+        """GET /admin/clients: each client's day so far against its limits: every
+        replica's when the limits are shared through Redis (`shared`), else this process's."""
+        check_admin(request, self._config.admin.key)
+        limits = {c.name: c for c in self._config.clients}
+        clients = []
+        for day in self._limiter.today():
+            cfg = limits.get(day.client)
+            clients.append(
+                {
+                    "client": day.client,
+                    "requests": day.requests,
+                    "images": day.images,
+                    "cost_usd": round(day.cost, 6),
+                    "refused": day.refused,
+                    "in_flight": day.inflight,
+                    "requests_last_minute": day.recent,
+                    "shared": day.shared,
+                    "limits": {
+                        "requests_per_minute": cfg.requests_per_minute if cfg else None,
+                        "max_concurrent_requests": cfg.max_concurrent_requests if cfg else None,
+                        "images_per_day": cfg.images_per_day if cfg else None,
+                        "budget_usd_per_day": cfg.budget_usd_per_day if cfg else None,
+                    },
+                }
+            )
+        return JSONResponse({"clients": clients})
 
     async def stored_image(self, request: Request) -> Response:
         """GET /v1/images/store/{name}: images the gateway hosts for url answers."""

@@ -26,12 +26,13 @@ from ..config import CacheConfig
 from ..errors import DomainError
 from ..shape.fetch import Fetcher
 from ..shape.media import decode_data_uri
+from ..state.redis import RedisLink, SharedUnavailable
 from ..types import Attempt, CacheResult, ImagesResult, Job, Output, ProducedImage
 from .entry import Entry, entry_from_result
 from .flights import Flights
 from .key import CachePolicy, cache_key
 from .local import LocalStore
-from .shared import SharedStore, SharedUnavailable
+from .shared import SharedStore
 
 log = logging.getLogger("gateway.cache")
 
@@ -68,8 +69,8 @@ class _Made:
 
 
 class ImageCache:
-    """Runs image jobs through the cache. `on_evict(reason)` and `on_redis_error(operation)`
-    are told of what happens inside it (for metrics)."""
+    """Runs image jobs through the cache, shared through `redis` when given. `on_evict(reason)`
+    is told of each eviction (for metrics)."""
 
     def __init__(
         self,
@@ -79,7 +80,7 @@ class ImageCache:
         *,
         deadline_seconds: float,
         on_evict: Callable[[str], None] = lambda reason: None,
-        on_redis_error: Callable[[str], None] = lambda operation: None,
+        redis: RedisLink | None = None,
     ) -> None:
         self.config = config
         self._producer = producer
@@ -95,13 +96,8 @@ class ImageCache:
         )
         self._flights: Flights[_Made] = Flights()
         self._shared: SharedStore | None = None
-        if self.enabled and config.redis_url:
-            self._shared = SharedStore(
-                config.redis_url,
-                prefix=config.redis_prefix,
-                timeout=config.redis_timeout_seconds,
-                on_error=on_redis_error,
-            )
+        if self.enabled and redis is not None:
+            self._shared = SharedStore(redis)
 
     @property
     def nbytes(self) -> int:
@@ -112,16 +108,6 @@ class ImageCache:
     def entries(self) -> int:
         """Entries held in this process."""
         return len(self._local)
-
-    @property
-    def redis_up(self) -> bool | None:
-        """Whether the shared Redis answers; None when none is configured."""
-        return None if self._shared is None else self._shared.up
-
-    async def aclose(self) -> None:
-        """Close the Redis connections."""
-        if self._shared is not None:
-            await self._shared.aclose()
 
     # ------------------------------------------------------------------ the request path
 

@@ -1,8 +1,8 @@
 """The cache and the coalescing lock in Redis, shared by every replica.
 
-Redis is an optimisation, never a dependency: every call is bounded by a short timeout,
-and any failure marks Redis down for a few seconds (one warning in the log), during which
-the caller falls back to its own in-process cache. Requests never fail because of Redis.
+Redis is an optimisation, never a dependency: a failure marks it down for a few seconds
+(state/redis.py), during which the caller falls back to its own in-process cache.
+Requests never fail because of Redis.
 
 Keys (all under the configured prefix):
   e:<key>          the entry (see entry.encode), expiring with the entry
@@ -12,29 +12,14 @@ Keys (all under the configured prefix):
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import logging
 import time
-import urllib.parse
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
-
-import redis.asyncio as aioredis
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
-from redis.retry import Retry
+from typing import Any
 
 from ..errors import DomainError, SharedFlightFailed, from_wire, to_wire
+from ..state.redis import RedisLink
 from .entry import Entry, decode, encode
 
-log = logging.getLogger("gateway.cache")
-
-T = TypeVar("T")
-
-# How long Redis is left alone after a failure before the next request tries it again.
-_DOWN_SECONDS = 5.0
 # How long a finished flight's outcome stays readable for the replicas waiting on it.
 _OUTCOME_SECONDS = 120
 
@@ -46,78 +31,25 @@ return 0
 """
 
 
-class SharedUnavailable(Exception):
-    """Redis could not be used just now; fall back to the in-process cache."""
-
-
-def safe_location(url: str) -> str:
-    """host:port/db of a Redis URL, for logs: never its password."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme == "unix":
-        return f"unix:{parts.path}"
-    return f"{parts.hostname}:{parts.port or 6379}{parts.path or ''}"
-
-
 class SharedStore:
-    """Entries, locks and flight outcomes in Redis."""
+    """Entries, locks and flight outcomes in Redis, through the replicas' shared link."""
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        prefix: str,
-        timeout: float,
-        on_error: Callable[[str], None] = lambda op: None,
-    ) -> None:
-        self._prefix = prefix
-        self._timeout = timeout
-        self._on_error = on_error
-        self._where = safe_location(url)
-        self._down_until = 0.0
-        self._was_down = False
-        self._redis: aioredis.Redis = aioredis.Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            # One try: a slow Redis must cost a request at most one timeout.
-            retry=Retry(NoBackoff(), 0),
-            decode_responses=False,
-        )
-        self._release = self._redis.register_script(_RELEASE)
+    def __init__(self, link: RedisLink) -> None:
+        self._link = link
+        self._redis = link.redis
+        self._prefix = link.prefix
+        self._call = link.call
+        self._release = link.script(_RELEASE)
 
     @property
     def up(self) -> bool:
         """False from a failure until Redis answers again."""
-        return not self._was_down
+        return self._link.up
 
     @property
     def available(self) -> bool:
         """False while Redis is marked down after a failure."""
-        return time.monotonic() >= self._down_until
-
-    async def _call(self, op: str, make: Callable[[], Awaitable[T]]) -> T:
-        if not self.available:
-            raise SharedUnavailable(op)
-        try:
-            async with asyncio.timeout(self._timeout * 2):
-                result = await make()
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._down_until = time.monotonic() + _DOWN_SECONDS
-            self._on_error(op)
-            if not self._was_down:
-                self._was_down = True
-                log.warning(
-                    "cache: Redis at %s is unavailable (%s during %s); serving from the "
-                    "in-process cache until it answers again",
-                    self._where,
-                    type(exc).__name__,
-                    op,
-                )
-            raise SharedUnavailable(op) from None
-        if self._was_down:
-            self._was_down = False
-            log.warning("cache: Redis at %s answers again; sharing the cache", self._where)
-        return result
+        return self._link.available
 
     # ------------------------------------------------------------------ entries
 
@@ -186,8 +118,3 @@ class SharedStore:
             return from_wire(json.loads(value[len(b"err:") :]))
         except ValueError:
             return SharedFlightFailed()
-
-    async def aclose(self) -> None:
-        """Close the connection pool."""
-        with contextlib.suppress(RedisError, OSError):
-            await self._redis.aclose()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -16,6 +17,7 @@ from pydantic import ValidationError
 from .errors import ConfigError, from_validation_error
 from .fields import Source
 from .schema import Config
+from .state import STATE_SUBDIR
 
 # Environment-only start-up: one upstream per provider with tokens in <PREFIX>_API_TOKENS.
 _ENV_UPSTREAMS = (("acedata", "ACEDATA"), ("xhuoapi", "XHUOAPI"), ("defapi", "DEFAPI"))
@@ -61,20 +63,54 @@ def config_from_env(env: Mapping[str, str]) -> Config:
         raw.setdefault("admin", {})["key"] = env["GATEWAY_ADMIN_KEY"]
     if env.get("GATEWAY_METRICS_KEY"):
         raw.setdefault("admin", {})["metrics_key"] = env["GATEWAY_METRICS_KEY"]
-    if env.get("GATEWAY_REDIS_URL"):
-        raw["cache"] = {"redis_url": env["GATEWAY_REDIS_URL"]}
     # Env values are literal secrets: no ${VAR} expansion, so a '$' in a token survives.
-    return parse_config(raw, {}, source="environment", expand=False)
+    return parse_config(raw, env, source="environment", expand=False)
 
 
 def parse_config(
     raw: Mapping[str, Any], env: Mapping[str, str], *, source: str = "config", expand: bool = True
 ) -> Config:
-    """Validate a TOML-shaped mapping into a Config. Pure: env is passed in."""
+    """Validate a TOML-shaped mapping into a Config. Pure: env is passed in.
+
+    GATEWAY_REDIS_URL and GATEWAY_STATE_DIR fill [redis] url and [state] dir where the
+    document leaves them out; an env with neither HOME nor XDG_STATE_HOME (a config built
+    in code) keeps state in memory."""
     try:
-        config = Config.model_validate(dict(raw), context=Source(env, expand))
+        config = Config.model_validate(_from_env(raw, env), context=Source(env, expand))
     except ValidationError as exc:
         raise from_validation_error(exc, Config) from None
     if not raw.get("upstreams"):
         source = f"{source} (no upstream configured: built-in mock)"
     return config.named(source)
+
+
+def _from_env(raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """The document with the settings the environment may give filled in."""
+    doc = dict(raw)
+    redis = doc.get("redis")
+    cache = doc.get("cache")
+    has_url = (isinstance(redis, Mapping) and "url" in redis) or (
+        isinstance(cache, Mapping) and "redis_url" in cache
+    )
+    if (
+        env.get("GATEWAY_REDIS_URL")
+        and not has_url
+        and (redis is None or isinstance(redis, Mapping))
+    ):
+        doc["redis"] = {**(redis or {}), "url": env["GATEWAY_REDIS_URL"]}
+    state = doc.get("state")
+    if state is None or (isinstance(state, Mapping) and "dir" not in state):
+        doc["state"] = {**(state or {}), "dir": default_state_dir(env)}
+    return doc
+
+
+def default_state_dir(env: Mapping[str, str]) -> str:
+    """GATEWAY_STATE_DIR, else the XDG state directory of the user; "" (memory only) when
+    the environment names no home at all."""
+    if "GATEWAY_STATE_DIR" in env:
+        return env["GATEWAY_STATE_DIR"]
+    if env.get("XDG_STATE_HOME"):
+        return str(Path(env["XDG_STATE_HOME"]) / STATE_SUBDIR)
+    if env.get("HOME"):
+        return str(Path(env["HOME"]) / ".local" / "state" / STATE_SUBDIR)
+    return ""

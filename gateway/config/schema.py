@@ -41,6 +41,7 @@ from .sections import (
     UsageConfig,
     with_default_aliases,
 )
+from .state import RedisConfig, StateConfig
 
 UpstreamType = Literal["acedata", "xhuoapi", "defapi", "mock"]
 # The provider-call fields the gateway chooses (gateway/upstreams/forms.py Field).
@@ -228,6 +229,10 @@ class Config(Section):
     )
     usage: UsageConfig = setting(factory=UsageConfig, doc="the per-request usage log")
     server: ServerConfig = setting(factory=ServerConfig, doc="process-level settings")
+    redis: RedisConfig = setting(
+        factory=RedisConfig, doc='state shared by replicas: see "Running several replicas"'
+    )
+    state: StateConfig = setting(factory=StateConfig, doc="what one process keeps on disk")
 
     @field_validator("upstreams")
     @classmethod
@@ -264,6 +269,23 @@ class Config(Section):
         if "aliases" in models.model_fields_set:
             update["aliases"] = with_default_aliases(models.aliases)
         return value.model_copy(update=update) if update else value
+
+    @model_validator(mode="after")
+    def _redis_from_cache(self) -> Config:
+        # [cache] redis_url / redis_prefix / redis_timeout_seconds are the older spelling of
+        # [redis]: honoured when [redis] does not say otherwise.
+        cache, redis = self.cache.model_fields_set, self.redis.model_fields_set
+        update: dict[str, Any] = {}
+        for old, new in (
+            ("redis_url", "url"),
+            ("redis_prefix", "prefix"),
+            ("redis_timeout_seconds", "timeout_seconds"),
+        ):
+            if old in cache and new not in redis:
+                update[new] = getattr(self.cache, old)
+        if update:
+            object.__setattr__(self, "redis", self.redis.model_copy(update=update))
+        return self
 
     @model_validator(mode="after")
     def _budgets_need_prices(self) -> Config:
@@ -304,9 +326,9 @@ class Config(Section):
             found.append(self.admin.key)
         if self.admin.metrics_key:
             found.append(self.admin.metrics_key)
-        if self.cache.redis_url:
+        if self.redis.url:
             # A Redis password sits in the URL: redis://:PASSWORD@host or user:PASSWORD@.
-            password = urllib.parse.urlsplit(self.cache.redis_url).password
+            password = urllib.parse.urlsplit(self.redis.url).password
             if password:
                 found.append(password)
         return tuple(s for s in found if s)

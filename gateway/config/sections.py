@@ -162,16 +162,10 @@ class CacheConfig(Section):
     max_bytes: WholeNumber = setting(
         64 * MiB, "in-process bound, counted in image bytes (raise it freely)", ge=0
     )
-    redis_url: RedisURL | None = setting(
-        None,
-        "share cache + coalescing between replicas",
-        example="redis://redis:6379/0",
-        secret=True,
-    )
-    redis_prefix: Text = setting("nbg:", "prefix of the gateway's Redis keys (empty: the default)")
-    redis_timeout_seconds: Number = setting(
-        0.5, 'per Redis call; slower counts as "Redis down"', ge=0.01
-    )
+    # Older spellings of [redis] url, prefix and timeout_seconds ([redis] wins).
+    redis_url: RedisURL | None = setting(None, legacy="[redis] url", secret=True)
+    redis_prefix: Text = setting("nbg:", legacy="[redis] prefix")
+    redis_timeout_seconds: Number = setting(0.5, legacy="[redis] timeout_seconds", ge=0.01)
 
     @field_validator("redis_prefix")
     @classmethod

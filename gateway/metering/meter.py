@@ -9,6 +9,7 @@ attempts are counted as they happen, so a long request shows up before it ends.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -113,10 +114,6 @@ class Meter:
             counter = self._evictions[reason] = self._metrics.cache_evictions.labels(reason)
         counter.inc()
 
-    def redis_error(self, operation: str) -> None:
-        """A shared-cache operation failed (the cache fell back to in-process)."""
-        self._metrics.cache_redis_errors.labels(operation).inc()
-
     def answer(self, record: Record) -> tuple[int, str | None]:
         """The HTTP status and error code the request ended with."""
         if record.cancelled:
@@ -125,10 +122,11 @@ class Meter:
             return self._describe(record.error)
         return (200, None) if record.result is not None else (500, None)
 
-    def finish(self, record: Record) -> None:
-        """The request has ended: count it, settle its limits, log it. Once per request."""
+    def finish(self, record: Record) -> asyncio.Task[None] | None:
+        """The request has ended: count it, log it, settle its limits. Once per request.
+        Returns the shared limits' settlement still under way, if any (Limiter.settle)."""
         if record.finished:
-            return
+            return None
         record.finished = True
         m = self._metrics
         seconds = time.monotonic() - record.started
@@ -150,10 +148,11 @@ class Meter:
             m.cost.labels(record.client, record.model).inc(cost)
         if saved:
             m.cost_saved.labels(record.client, record.model).inc(saved)
-        if record.lease is not None:
-            # The day's limits count what upstreams made: a cache hit uses no quota.
-            self._limiter.settle(record.lease, 0 if record.cache in FREE else images, cost)
         self._usage_log.write(usage_line(record, answer, seconds, images, cost, saved))
+        if record.lease is None:
+            return None
+        # The day's limits count what upstreams made: a cache hit uses no quota.
+        return self._limiter.settle(record.lease, 0 if record.cache in FREE else images, cost)
 
     def _cost(self, record: Record, images: int) -> tuple[float | None, float | None]:
         """(cost, saved): what the images made cost, and what serving them from the cache

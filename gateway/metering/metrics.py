@@ -128,31 +128,33 @@ class Metrics:
             ["reason"],
             registry=r,
         )
-        self.cache_redis_errors = Counter(
-            "nano_banana_cache_redis_errors_total",
-            "Redis operations that failed or timed out (the cache fell back to in-process).",
+        self.redis_errors = Counter(
+            "nano_banana_redis_errors_total",
+            "Shared-Redis operations that failed or timed out, by operation (the cache, "
+            "the limits and the token health fell back to what this process knows).",
             ["operation"],
             registry=r,
         )
 
 
 class LimitsCollector(Collector):
-    """Each client's configured limits and its use of them, read at each scrape."""
+    """Each client's configured limits and its use of them, read at each scrape: every
+    replica's use when the limits are shared through Redis, this process's otherwise."""
 
     def __init__(self, limiter: Limiter) -> None:
         self._limiter = limiter
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         configured = GaugeMetricFamily(
             "nano_banana_client_limit",
             "Each client's configured limits (requests_per_minute, images_per_day, "
-            "budget_usd_per_day, max_concurrent_requests), in this process.",
+            "budget_usd_per_day, max_concurrent_requests).",
             labels=["client", "limit"],
         )
         used = GaugeMetricFamily(
             "nano_banana_client_limit_usage",
-            "Each client's use of each limit now, in this process: requests in the last "
-            "minute, images and estimated USD today (UTC), requests in flight.",
+            "Each client's use of each limit now: requests in the last minute, images and "
+            "estimated USD today (UTC), requests in flight (every replica's, when shared).",
             labels=["client", "limit"],
         )
         for client, limit, now, cap in self._limiter.usage():
@@ -161,6 +163,20 @@ class LimitsCollector(Collector):
                 configured.add_metric([client, limit], float(cap))
         yield configured
         yield used
+        yield CounterMetricFamily(
+            "nano_banana_limits_local_admissions",
+            "Requests admitted on this process's own counts because the shared Redis was "
+            "unreachable (merged back into the shared counts once it answers).",
+            value=float(self._limiter.local_admissions),
+        )
+        trips = self._limiter.redis_round_trips
+        if trips is not None:
+            yield CounterMetricFamily(
+                "nano_banana_limits_redis_round_trips",
+                "Round trips to Redis that took or settled client limits (requests that "
+                "overlap share them).",
+                value=float(trips),
+            )
 
 
 class CacheSize(Protocol):
@@ -171,9 +187,6 @@ class CacheSize(Protocol):
 
     @property
     def entries(self) -> int: ...
-
-    @property
-    def redis_up(self) -> bool | None: ...
 
 
 class CacheCollector(Collector):
@@ -193,13 +206,29 @@ class CacheCollector(Collector):
             "Results held by the in-process cache.",
             value=float(self._cache.entries),
         )
-        up = self._cache.redis_up
-        if up is not None:  # only where Redis is configured, so no alert fires without it
-            yield GaugeMetricFamily(
-                "nano_banana_cache_redis_up",
-                "1 while the shared Redis cache answers, 0 while it is marked down.",
-                value=1.0 if up else 0.0,
-            )
+
+
+class RedisState(Protocol):
+    """What the Redis collector reads."""
+
+    @property
+    def up(self) -> bool: ...
+
+
+class RedisCollector(Collector):
+    """Whether the shared Redis answers; registered only where one is configured, so no
+    alert fires without it."""
+
+    def __init__(self, redis: RedisState) -> None:
+        self._redis = redis
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "nano_banana_redis_up",
+            "1 while the shared Redis answers, 0 while it is marked down (the replica then "
+            "caches, limits and tracks token health on its own).",
+            value=1.0 if self._redis.up else 0.0,
+        )
 
 
 class PoolCollector(Collector):

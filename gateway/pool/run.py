@@ -11,11 +11,13 @@ from dataclasses import dataclass
 
 from ..config import PoolConfig, UpstreamConfig
 from ..errors import DomainError, scrub
+from ..state.redis import RedisLink
 from ..types import Attempt, Job
 from ..upstreams.base import FailureKind, Upstream, UpstreamError, UpstreamResult
 from ..upstreams.forms import REMEMBER_SECONDS, Field
 from .health import Verdicts
 from .select import Selector, Slot, Taken
+from .shared import SharedHealth
 from .stall import StallWatch
 from .view import UpstreamView, pool_view
 
@@ -43,6 +45,8 @@ class Pool:
         on_attempt: Callable[[Attempt], None] = lambda attempt: None,
         on_retry: Callable[[str], None] = lambda reason: None,
         secrets: Sequence[str] = (),
+        redis: RedisLink | None = None,
+        sync_seconds: float = 1.0,
     ) -> None:
         self.cfg = cfg
         self._clock = clock
@@ -53,6 +57,16 @@ class Pool:
         self._secrets = (*secrets, *(t for _, c in upstreams for t in c.tokens))
         self._verdicts = Verdicts(cfg, self._secrets)
         self.upstreams = self._select.upstreams
+        self._shared = None
+        if redis is not None:
+            self._shared = SharedHealth(
+                redis, self._select.slots, sync_seconds=sync_seconds, clock=clock
+            )
+
+    async def start(self) -> None:
+        """Adopt the token health other replicas share, and keep doing so."""
+        if self._shared is not None:
+            await self._shared.start()
 
     def max_count_per_call(self, job: Job) -> int:
         """Images one upstream call may ask for (ModelUnavailable when none can serve)."""
@@ -174,6 +188,8 @@ class Pool:
         upstream = self._select.upstream_health[slot.upstream.name]
         names = (slot.upstream.name, slot.id)
         self._verdicts.succeeded(slot.health, upstream, taken.lease, now, names)
+        if self._shared is not None:
+            self._shared.observe(slot)
         slot.served += 1
         return self._report(Attempt(slot.upstream.name, "ok", now - started))
 
@@ -185,6 +201,8 @@ class Pool:
         upstream = self._select.upstream_health[slot.upstream.name]
         names = (slot.upstream.name, slot.id)
         self._verdicts.failed(slot.health, upstream, err, taken.lease, now, names)
+        if self._shared is not None:
+            self._shared.observe(slot)
         return attempt
 
     def _report(self, attempt: Attempt) -> Attempt:
@@ -206,7 +224,9 @@ class Pool:
         return pool_view(self._select, self._clock())
 
     async def aclose(self) -> None:
-        """Close every upstream's client."""
+        """Stop sharing health; close every upstream's client."""
+        if self._shared is not None:
+            await self._shared.aclose()
         await self._stalls.aclose()
         for upstream in self.upstreams:
             await upstream.aclose()
