@@ -36,6 +36,7 @@ from ..config import ClientConfig
 from ..errors import LimitExceeded, LimitsUnavailable
 from ..state.daybook import DayBook
 from ..state.redis import SharedUnavailable
+from ..state.ticker import Ticker
 from .counters import (
     WINDOW_SECONDS,
     ClientCounters,
@@ -74,9 +75,9 @@ class Limiter:
         self._shared = shared
         self._daybook = daybook if shared is None else None
         self._refuse_when_down = refuse_when_down
-        self._sync_seconds = sync_seconds
         self._renew_every = max(1, int(lease_seconds / 3 / sync_seconds))
-        self._task: asyncio.Task[None] | None = None
+        self._ticker = Ticker(sync_seconds, self._tick)
+        self._started = False
         self._held: dict[str, Lease] = {}  # shared leases in flight, by id
         self._tasks: set[asyncio.Task[None]] = set()  # shared settlements under way
         self._ids = (f"{secrets.token_hex(4)}-{n}" for n in itertools.count())
@@ -131,10 +132,11 @@ class Limiter:
             except SharedUnavailable:
                 if self._refuse_when_down and state.daily:
                     raise LimitsUnavailable(state.cfg.name) from None
+                self._take_locally(lease, images, cost)
                 self.local_admissions += 1
-            else:
-                self._apply(lease, verdict, images, cost)
                 return
+            self._apply(lease, verdict, images, cost)
+            return
         self._take_locally(lease, images, cost)
 
     async def _acquire(self, lease: Lease, images: int, cost: float) -> Verdict:
@@ -161,15 +163,16 @@ class Limiter:
     def _apply(self, lease: Lease, verdict: Verdict, images: int, cost: float) -> None:
         """What Redis decided, mirrored here."""
         state, cfg = lease.state, lease.state.cfg
-        unshared = state.unshared
-        state.images_today = verdict.images + unshared.images
-        state.cost_today = verdict.cost + unshared.cost
         limit = verdict.refused
         if limit == "requests_per_minute":
             state.refused_until = self._clock() + verdict.wait
             raise over_rate(cfg, verdict.wait)
         if limit == "max_concurrent_requests":
             raise over_concurrency(cfg, verdict.inflight)
+        # Past those two, the script has read the day's totals: mirror them.
+        unshared = state.unshared
+        state.images_today = verdict.images + unshared.images
+        state.cost_today = verdict.cost + unshared.cost
         lease.counted = lease.shared = True
         self._held[lease.id] = lease
         state.recent.append(self._clock())
@@ -267,17 +270,16 @@ class Limiter:
 
     async def start(self) -> None:
         """Read the shared counters once and keep them fresh (with Redis only)."""
-        if self._shared is None or self._task is not None:
+        if self._shared is None or self._started:
             return
+        self._started = True
         await self.sync()
-        self._task = asyncio.get_running_loop().create_task(self._keep_in_sync())
+        self._ticker.start()
 
-    async def _keep_in_sync(self) -> None:
-        for tick in itertools.count(1):
-            await asyncio.sleep(self._sync_seconds)
-            if tick % self._renew_every == 0:
-                await self._renew()
-            await self.sync()
+    async def _tick(self, tick: int) -> None:
+        if tick % self._renew_every == 0:
+            await self._renew()
+        await self.sync()
 
     async def _renew(self) -> None:
         """Extend the leases of this process's requests in flight."""
@@ -317,11 +319,9 @@ class Limiter:
         """Stop syncing; send what is still unshared; flush the day book."""
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=5)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        if self._started:
+            self._started = False
+            await self._ticker.stop()
             await self.sync()
         if self._daybook is not None:
             await asyncio.to_thread(self._daybook.close)

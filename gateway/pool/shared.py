@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 from ..state.redis import RedisLink, SharedUnavailable
+from ..state.ticker import Ticker
 from .health import State
 from .select import Slot
 
@@ -51,13 +52,13 @@ class SharedHealth:
         self._by_id: dict[str, list[Slot]] = {}
         for slot in slots:
             self._by_id.setdefault(slot.id, []).append(slot)
-        self._sync_seconds = sync_seconds
         self._clock = clock
         self._wall = wall
         # Per token id: (state, until as wall time, decided at) as last written or adopted.
         self._known: dict[str, tuple[State, float, float]] = {}
         self._writes: set[asyncio.Task[None]] = set()
-        self._task: asyncio.Task[None] | None = None
+        self._ticker = Ticker(sync_seconds, lambda tick: self.sync())
+        self._started = False
 
     def observe(self, slot: Slot) -> None:
         """A verdict was applied to the slot's health: write it if it changed the state."""
@@ -89,14 +90,10 @@ class SharedHealth:
 
     async def start(self) -> None:
         """Adopt what the other replicas know, then keep reading it."""
-        if self._task is None:
+        if not self._started:
+            self._started = True
             await self.sync()
-            self._task = asyncio.get_running_loop().create_task(self._keep_in_sync())
-
-    async def _keep_in_sync(self) -> None:
-        while True:
-            await asyncio.sleep(self._sync_seconds)
-            await self.sync()
+            self._ticker.start()
 
     async def sync(self) -> None:
         """Read every replica's token states; adopt the ones newer than this replica's."""
@@ -151,11 +148,7 @@ class SharedHealth:
 
     async def aclose(self) -> None:
         """Stop reading; let the last writes go out."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._ticker.stop()
         if self._writes:
             await asyncio.wait(set(self._writes), timeout=2)
 
