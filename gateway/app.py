@@ -50,7 +50,7 @@ from .shape.shaper import Shaper
 from .shape.store import ImageStore
 from .shutdown import Shutdown
 from .state.daybook import DayBook, open_state_dir
-from .state.redis import RedisLink
+from .state.redis import RedisLink, safe_location
 from .upstreams import build_upstream
 
 log = logging.getLogger("gateway")
@@ -307,3 +307,12 @@ def _announce(config: Config) -> None:
             u.weight,
         )
     log.info("clients: %s", ", ".join(c.name for c in config.clients) or "none (open access)")
+    if config.redis.url:
+        log.info(
+            "shared state: Redis at %s (cache, limits, token health)",
+            safe_location(config.redis.url),
+        )
+    elif config.state.dir:
+        log.info("state directory: %s (each client's day survives a restart)", config.state.dir)
+    else:
+        log.info("state: in memory only ([state] dir is empty)")
