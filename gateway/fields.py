@@ -37,6 +37,15 @@ RESPONSE_FORMATS = ("url", "b64_json")
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 MIN_COMPRESSION = 0
 MAX_COMPRESSION = 100
+COMPLEXITIES = ("low", "medium", "high")
+_NO_GIF = (
+    "Animated GIF output is not supported by the Nano Banana models; ask for output_format "
+    "png, jpeg or webp."
+)
+_NO_SVG = (
+    "SVG output is not supported by the Nano Banana models; ask for output_format png, jpeg "
+    "or webp."
+)
 MIN_PARTIAL_IMAGES = 0
 MAX_PARTIAL_IMAGES = 3
 
@@ -66,6 +75,8 @@ class Field:
     items: tuple[Field, ...] = ()
     # Accepted, but does not change the picture.
     ignored: bool = False
+    # Declared (so the error names it) but refused whenever it is sent: this message.
+    refused: str = ""
     # The allowed values and bounds are enforced when the request is translated into a job
     # (where the defaults are decided), not when it is parsed; the type is checked on parse.
     checked_on_translation: bool = False
@@ -153,6 +164,25 @@ FIELDS: tuple[Field, ...] = (
         maximum=MAX_COMPRESSION,
         checked_on_translation=True,
     ),
+    Field(
+        "complexity",
+        "Planning effort; the Nano Banana models have none to set.",
+        enum=COMPLEXITIES,
+        ignored=True,
+    ),
+    Field(
+        "frame_count",
+        "Frames of an animated GIF: not supported (400).",
+        types=("integer",),
+        refused=_NO_GIF,
+    ),
+    Field(
+        "frame_duration_ms",
+        "Frame length of an animated GIF: not supported (400).",
+        types=("integer",),
+        refused=_NO_GIF,
+    ),
+    Field("svg", "SVG output: not supported (400).", types=(), refused=_NO_SVG),
     Field("input_fidelity", "How closely an edit keeps the input.", types=(), ignored=True),
     Field("prompt_cache_key", "A key for the caller's prompt cache.", types=(), ignored=True),
     Field("markup", "Markup over the input image.", types=(), ignored=True),
@@ -188,7 +218,9 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field(
         "mask",
-        "Not supported: a mask is refused with a 400.",
+        "A PNG with alpha, as large as the first image (a file part, or an object with "
+        "image_url): the answer keeps the first image where the mask is opaque and takes "
+        "the edit where it is fully transparent.",
         types=("object",),
         endpoints=(EDITS,),
         forms=(JSON, FILE),

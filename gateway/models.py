@@ -87,11 +87,30 @@ def nearest_aspect_ratio(width: int, height: int, choices: tuple[str, ...] = ASP
     return min(choices, key=lambda r: abs(math.log(_ratio_value(r)) - target))
 
 
+# A tier is enough when its picture's long side is at least this share of the one asked:
+# OpenAI's 1536x1024 is served by a 1K 3:2 picture (1264x848), not billed at 2K.
+TIER_SHARE = 0.8
+_SCALE = {"1K": 1, "2K": 2, "4K": 4}
+
+
+def tier_for(model: str, aspect_ratio: str, width: int, height: int) -> str:
+    """The smallest resolution tier (1K, 2K, 4K) whose picture at the ratio, by the model's
+    size table, has a long side of at least TIER_SHARE of the requested long side; 4K when
+    none has. Whether the model makes that tier is the caller's question."""
+    spec = MODELS.get(base_model(model), MODELS["nano-banana"])
+    w, h = spec.sizes.get(aspect_ratio, spec.sizes["1:1"])
+    wanted = TIER_SHARE * max(width, height)
+    for tier in RESOLUTIONS:
+        if max(w, h) * _SCALE[tier] >= wanted:
+            return tier
+    return RESOLUTIONS[-1]
+
+
 def produced_size(model: str, aspect_ratio: str | None, resolution: str | None) -> tuple[int, int]:
     """The pixel size the model makes for a ratio and resolution (Google's tables)."""
     spec = MODELS.get(base_model(model), MODELS["nano-banana"])
     w, h = spec.sizes.get(aspect_ratio or "1:1", spec.sizes["1:1"])
-    scale = {"1K": 1, "2K": 2, "4K": 4}.get(resolution or "1K", 1)
+    scale = _SCALE.get(resolution or "1K", 1)
     if (resolution or "1K") not in spec.resolutions:
         scale = 1
     return w * scale, h * scale

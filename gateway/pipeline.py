@@ -155,7 +155,10 @@ class ImagePipeline:
     ) -> tuple[Job, Output]:
         record.model_requested = req.model
         job, output = build_job(
-            req, default_model=self._images.default_model, aliases=self._images.aliases
+            req,
+            default_model=self._images.default_model,
+            aliases=self._images.aliases,
+            strict_size=self._images.strict_size,
         )
         record.model, record.job = base_model(job.model), job
         record.size, record.stream = req.size, output.stream

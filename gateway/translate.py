@@ -12,13 +12,15 @@ from collections.abc import Mapping
 from .errors import ModelNotFound, invalid
 from .fields import MAX_N as _MAX_N
 from .fields import OUTPUT_FORMATS as _OUTPUT_FORMATS
-from .models import MODELS, base_model, nearest_aspect_ratio, produced_size
-from .types import Action, ImageRequest, Job, Output
+from .models import MODELS, base_model, nearest_aspect_ratio, produced_size, tier_for
+from .types import Action, Composite, ImageRequest, Job, Output
 
 # OpenAI's GPT image models always answer with b64_json; apps built on them read it blindly.
 _B64_FAMILIES = ("gpt-image-*", "chatgpt-image-*")
 _MAX_SIDE = 8192
 _DIGITS = re.compile(r"[0-9]{1,6}")
+# Added to a masked edit's prompt: the model never sees the mask (the gateway composites).
+MASK_NOTE = "Change only the region described; keep everything else exactly as in the first image."
 
 
 def resolve_model(requested: str | None, default: str, aliases: Mapping[str, str]) -> str:
@@ -62,18 +64,32 @@ def parse_size(size: str | None) -> tuple[int, int] | None:
     return w, h
 
 
-def resolution_for(width: int, height: int) -> str:
-    """Resolution bucket from the long side: <=1024 -> 1K, <=2048 -> 2K, larger -> 4K."""
-    long_side = max(width, height)
-    if long_side <= 1024:
-        return "1K"
-    if long_side <= 2048:
-        return "2K"
-    return "4K"
+def resolution_for(
+    model: str, width: int, height: int, *, strict: bool = False
+) -> tuple[str, bool]:
+    """(tier, adjusted) for a requested size: the smallest tier whose picture covers 80% of
+    the long side asked (models.tier_for); a model that cannot make it makes its largest
+    instead (adjusted), or with `strict` the request is a 400 on size."""
+    tier = tier_for(model, nearest_aspect_ratio(width, height), width, height)
+    spec = MODELS[base_model(model)]
+    if tier in spec.resolutions:
+        return tier, False
+    if strict:
+        raise invalid(
+            "size",
+            f"Model {model} makes {'/'.join(spec.resolutions)} images only; size "
+            f"'{width}x{height}' needs {tier}. Ask for a smaller size, size 'auto', or model "
+            "nano-banana-2 / nano-banana-pro.",
+        )
+    return spec.resolutions[-1], True
 
 
 def build_job(
-    req: ImageRequest, *, default_model: str, aliases: Mapping[str, str]
+    req: ImageRequest,
+    *,
+    default_model: str,
+    aliases: Mapping[str, str],
+    strict_size: bool = False,
 ) -> tuple[Job, Output]:
     """Translate a parsed OpenAI request into the upstream job and the answer's shape.
 
@@ -87,14 +103,14 @@ def build_job(
     if not 1 <= n <= _MAX_N:
         raise invalid("n", f"Invalid n {n}: must be between 1 and {_MAX_N}.")
     _refuse_unsupported(req)
-    aspect_ratio, resolution = _geometry(req, model)
+    aspect_ratio, resolution, adjusted = _geometry(req, model, strict_size)
     response_format, output_format = _formats(req)
     if req.endpoint == "edits" and not req.images:
         raise invalid("image", "An edit needs at least one image.")
     action: Action = "edit" if req.endpoint == "edits" else "generate"
     job = Job(
         action=action,
-        prompt=req.prompt,
+        prompt=req.prompt if req.mask is None else f"{req.prompt}\n\n{MASK_NOTE}",
         model=model,
         count=n,
         images=req.images,
@@ -107,19 +123,18 @@ def build_job(
         output_compression=req.output_compression,
         stream=req.stream,
         expected_size=_expected_size(req, job),
+        quality=_quality(req.quality),
+        size_adjusted=req.size if adjusted else None,
         measure_links=job.resolution not in (None, "1K"),
+        composite=_composite(req),
     )
     return job, output
 
 
 def _refuse_unsupported(req: ImageRequest) -> None:
     """What the Nano Banana models cannot do at all: refused rather than silently dropped."""
-    if req.mask:
-        raise invalid(
-            "mask",
-            "Masks are not supported by the Nano Banana models: describe the region to change "
-            "in the prompt instead, and send the edit without a mask.",
-        )
+    if req.mask is not None and req.endpoint != "edits":
+        raise invalid("mask", "A mask applies to edits only (/v1/images/edits).")
     if req.background == "transparent":
         raise invalid(
             "background",
@@ -128,21 +143,22 @@ def _refuse_unsupported(req: ImageRequest) -> None:
         )
 
 
-def _geometry(req: ImageRequest, model: str) -> tuple[str | None, str | None]:
-    """(aspect ratio, resolution) for the requested size; (None, None) for 'auto'."""
+def _composite(req: ImageRequest) -> Composite | None:
+    """A masked edit's answer is composited by the gateway; the mask applies to the first
+    image, as OpenAI's does."""
+    if req.mask is None or not req.images:
+        return None
+    return Composite(base=req.images[0], mask=req.mask)
+
+
+def _geometry(req: ImageRequest, model: str, strict: bool) -> tuple[str | None, str | None, bool]:
+    """(aspect ratio, resolution, adjusted) for the requested size; (None, None, False)
+    for 'auto'. `adjusted`: the model makes a smaller picture than the size asks."""
     dims = parse_size(req.size)
     if dims is None:
-        return None, None
-    spec = MODELS[base_model(model)]
+        return None, None, False
     aspect_ratio = nearest_aspect_ratio(*dims)
-    resolution = resolution_for(*dims)
-    if resolution not in spec.resolutions:
-        raise invalid(
-            "size",
-            f"Model {model} makes {'/'.join(spec.resolutions)} images only; size "
-            f"'{req.size}' needs {resolution}. Ask for a size up to 1024 on the long side, "
-            "size 'auto', or model nano-banana-2 / nano-banana-pro.",
-        )
+    resolution, adjusted = resolution_for(model, *dims, strict=strict)
     if req.endpoint == "edits" and req.first_image_size is not None:
         # The upstream edit keeps the first image's ratio; a different one would be a
         # silent change of the picture the caller asked for.
@@ -154,7 +170,18 @@ def _geometry(req: ImageRequest, model: str) -> tuple[str | None, str | None]:
                 f"'{req.size}' asks for {aspect_ratio}. "
                 f"Send size 'auto' or a {first_ratio} size.",
             )
-    return aspect_ratio, resolution
+    return aspect_ratio, resolution, adjusted
+
+
+def _quality(quality: str | None) -> str:
+    """The quality the answer reports, in the words of OpenAI's answer (low, medium, high):
+    the Nano Banana models have one quality, so this is what was asked, named as OpenAI
+    names it ('auto' when nothing was)."""
+    if quality in ("low", "medium", "high"):
+        return quality
+    return {"standard": "medium", "hd": "high", "xhigh": "high", "max": "high"}.get(
+        quality or "", "auto"
+    )
 
 
 def _formats(req: ImageRequest) -> tuple[str, str | None]:

@@ -38,7 +38,7 @@ class ImageRequest:
     partial_images: int | None = None
     images: tuple[str, ...] = ()  # URLs or data: URIs, in the caller's order
     first_image_size: tuple[int, int] | None = None  # known when the first image was uploaded
-    mask: bool = False
+    mask: str | None = None  # a data: URI or a URL; applies to the first image
     user: str | None = None
 
 
@@ -68,6 +68,15 @@ class Job:
 
 
 @dataclass(frozen=True)
+class Composite:
+    """A masked edit's answer is built by the gateway: the first input image where the
+    mask is opaque, the model's picture where the mask is fully transparent."""
+
+    base: str  # the first input image: a data: URI or a URL
+    mask: str  # the mask: a data: URI or a URL
+
+
+@dataclass(frozen=True)
 class Output:
     """How to shape the answer for the caller."""
 
@@ -79,15 +88,19 @@ class Output:
     # Read the true size of links passed on (a ranged GET each): where a provider ignoring
     # the resolution asked would change the price, i.e. above 1K.
     measure_links: bool = False
+    quality: str = "auto"  # as the answer reports it (OpenAI's low / medium / high)
+    size_adjusted: str | None = None  # the size asked, when the model makes a smaller one
+    composite: Composite | None = None  # a masked edit: each image composited
 
     @property
     def wants_bytes(self) -> bool:
-        """The answer carries the image itself (b64_json, a stream, a re-encode), not only
-        a link to it."""
+        """The answer carries the image itself (b64_json, a stream, a re-encode, a
+        composite), not only a link to it."""
         return (
             self.response_format == "b64_json"
             or self.stream
             or self.output_format not in (None, "png")
+            or self.composite is not None
         )
 
 

@@ -46,6 +46,15 @@ def _png() -> bytes:
 PNG = _png()
 
 
+def _mask_png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGBA", (16, 16), (0, 0, 0, 0)).save(out, "PNG")
+    return out.getvalue()
+
+
+MASK = _mask_png()
+
+
 # --------------------------------------------------------------------------- the parsers
 
 
@@ -178,13 +187,21 @@ def _types(f: Field, form: str) -> list[tuple[Any, bool]]:
     return cases
 
 
+def _refusals(f: Field) -> list[tuple[Any, bool]]:
+    """A field declared only to be refused by name: any value it may hold is refused."""
+    return [(v, False) for v in ("x", 3, {"a": 1})] if f.refused else []
+
+
 CASES = [
-    Case(f, where, value, accepted, kind)
+    Case(f, where, value, accepted and not (f.refused and value is not None), kind)
     for f in FIELDS
     if f.scalar
     for where in PARSERS
     if f.on(*where)
-    for kind, values in (("value", _values(f)), ("type", _types(f, where[1])))
+    for kind, values in (
+        ("value", _values(f) + _refusals(f)),
+        ("type", _types(f, where[1])),
+    )
     for value, accepted in values
 ]
 
@@ -280,10 +297,17 @@ def test_text_fields_sent_as_files_are_refused_naming_the_field(f):
 @pytest.mark.parametrize("f", fields_for(EDITS, FILE), ids=lambda f: f.name)
 def test_file_parts_are_taken(f):
     if f.name == "mask":
-        req = _parse_multipart({}, [("image", PNG), ("mask", PNG)])
-        assert req.mask
+        # Taken once, as a PNG with alpha the first image's size; the answer is composited.
+        req = _parse_multipart({}, [("image", PNG), ("mask", MASK)])
+        assert req.mask is not None and req.mask.startswith("data:image/png;base64,")
+        _job, output = _translated(req)
+        assert output.composite is not None and output.composite.mask == req.mask
+        for mask in (PNG, MASK[:-8]):  # no alpha; cut short
+            with pytest.raises(DomainError) as info:
+                _parse_multipart({}, [("image", PNG), ("mask", mask)])
+            assert openai_error(info.value).param == "mask"
         with pytest.raises(DomainError) as info:
-            _translated(req)
+            _parse_multipart({}, [("image", PNG), ("mask", MASK), ("mask", MASK)])
         assert openai_error(info.value).param == "mask"
         return
     req = _parse_multipart({}, [(f.name, PNG)] * (f.max_items or 1))

@@ -158,7 +158,7 @@ requests = st.builds(
         st.sampled_from(["https://cdn.example.com/a.png", "data:image/png;base64,"])
     ).map(tuple),
     first_image_size=st.none() | st.tuples(st.integers(1, 9000), st.integers(1, 9000)),
-    mask=st.booleans(),
+    mask=st.none() | st.sampled_from(["https://cdn.example.com/m.png", "data:image/png;base64,"]),
 )
 
 

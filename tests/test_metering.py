@@ -65,7 +65,7 @@ def test_two_teams_exact_counters_costs_and_usage_log(tmp_path, fake_factory, ga
         model="nano-banana", prompt="canary-prompt-1", n=2, response_format="url"
     )._request_id
     ids["a-alias-2k"] = a.images.generate(
-        model="gpt-image-1", prompt="canary-prompt-2", size="1536x1024"
+        model="gpt-image-1", prompt="canary-prompt-2", size="2048x1365"
     )._request_id
     ids["a-edit"] = a.images.edit(
         model="nano-banana",
@@ -126,7 +126,7 @@ def test_two_teams_exact_counters_costs_and_usage_log(tmp_path, fake_factory, ga
         labels(client="team-b", model="nano-banana-pro"),
     }
     assert cost[labels(client="team-a", model="nano-banana")] == pytest.approx(3 * 0.039)
-    # gpt-image-1 at 1536x1024 is nano-banana-2 at 2K.
+    # gpt-image-1 at 2048x1365 is nano-banana-2 at 2K (1536x1024 would be 1K).
     assert cost[labels(client="team-a", model="nano-banana-2")] == pytest.approx(0.101)
     assert cost[labels(client="team-b", model="nano-banana-pro")] == pytest.approx(4 * 0.134)
     assert of(found, "nano_banana_cost_saved_usd_total") == {}
@@ -168,7 +168,7 @@ def test_two_teams_exact_counters_costs_and_usage_log(tmp_path, fake_factory, ga
     assert first["time"].endswith("Z")
     alias = by_id[ids["a-alias-2k"]]
     assert (alias["model"], alias["model_requested"]) == ("nano-banana-2", "gpt-image-1")
-    assert (alias["size"], alias["resolution"], alias["aspect_ratio"]) == ("1536x1024", "2K", "3:2")
+    assert (alias["size"], alias["resolution"], alias["aspect_ratio"]) == ("2048x1365", "2K", "3:2")
     assert by_id[ids["a-edit"]]["endpoint"] == "edits"
     assert by_id[ids["a-bad"]]["status"] == 400
     assert by_id[ids["a-bad"]]["images"] == 0
@@ -382,7 +382,8 @@ def test_models_list_shows_what_the_client_may_use(fake_factory, gateway_factory
     everything = {m.id for m in gw.client(KEY_A).models.list()}
     limited = {m.id for m in gw.client(KEY_B).models.list()}
     assert {"nano-banana", "nano-banana-pro", "gpt-image-1"} <= everything
-    assert limited == {"nano-banana-pro"}
+    # The OpenAI names that lead to Pro are Pro too.
+    assert limited == {"nano-banana-pro", "gpt-image-2.5-sunburst", "gpt-image-2.6-sunburst"}
     with pytest.raises(openai.NotFoundError):
         gw.client(KEY_B).models.retrieve("nano-banana")
     assert gw.client(KEY_B).models.retrieve("nano-banana-pro").id == "nano-banana-pro"

@@ -67,6 +67,9 @@ def test_no_config_starts_loudly_on_the_mock(spawn):
     gw = spawn(None)
     log = gw.log()
     assert "OFFLINE MOCK" in log
+    # The mock's placeholder token is no secret: the banner is not scrubbed into nonsense.
+    assert "upstream mock: type=mock tokens=1" in log
+    assert "[redacted]" not in log
     with httpx.Client(base_url=gw.url) as http:
         assert http.get("/readyz").json()["mock"] is True
         assert "mock" in http.get("/v1/models").json()["warning"].lower()

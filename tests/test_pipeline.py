@@ -65,7 +65,7 @@ def generation(**fields: Any) -> ImageRequest:
 async def test_a_generation_goes_through_every_stage(fake: Any, gateway_for: Any, tmp_path: Path):
     gateway = gateway_for(upstream_toml("ace", fake, ["tok-ace-0001"]) + clients())
     answer = await gateway.pipeline.run(
-        Caller(key=KEY), generation(n=2, size="1536x1024", model="nano-banana-pro"),
+        Caller(key=KEY), generation(n=2, size="2048x1365", model="nano-banana-pro"),
         Context("generations", request_id="req-1"),
     )  # fmt: skip
     result = answer.images.result()

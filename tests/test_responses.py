@@ -17,15 +17,15 @@ from gateway.types import ImagesResult, Output, ProducedImage
         (
             [ProducedImage(data=b"\x89PNG one", mime="image/png", size=(1024, 768))],
             Output("b64_json"),
-            {"background": "opaque", "size": "1024x768", "output_format": "png"},
+            {"background": "opaque", "quality": "auto", "size": "1024x768", "output_format": "png"},
         ),
         (
             [
                 ProducedImage(data=b"\xff\xd8 two", mime="image/jpeg", size=None),
                 ProducedImage(data=bytes(range(256)), mime="image/jpeg", size=None),
             ],
-            Output("b64_json", output_format="jpeg"),
-            {"background": "opaque", "output_format": "jpeg"},
+            Output("b64_json", output_format="jpeg", quality="high"),
+            {"background": "opaque", "quality": "high", "output_format": "jpeg"},
         ),
     ],
 )

@@ -103,7 +103,7 @@ def test_generate_url_translates_size_and_model(setup):
     fake, gw = setup
     needs_undocumented(fake, "aspect_ratio or image_size")
     raw = gw.client().images.with_raw_response.generate(
-        prompt="a red fox", model="nano-banana-pro", size="1536x1024", response_format="url"
+        prompt="a red fox", model="nano-banana-pro", size="2048x1365", response_format="url"
     )
     resp = raw.parse()
     assert len(resp.data) == 1
@@ -341,7 +341,6 @@ def acedata(fake_factory, gateway_factory):
         ({"prompt": "x", "n": 0}, "n"),
         ({"prompt": "x", "size": "huge"}, "size"),
         ({"prompt": "x", "size": "4000x1000"}, "size"),
-        ({"prompt": "x", "model": "nano-banana", "size": "2048x2048"}, "size"),
         ({"prompt": "x", "response_format": "gif"}, "response_format"),
         ({"prompt": "x", "output_format": "svg", "response_format": "b64_json"}, "output_format"),
         ({"prompt": "x", "output_format": "jpeg", "response_format": "url"}, "output_format"),
@@ -368,6 +367,7 @@ def test_bad_edit_inputs(acedata):
     fake, gw = acedata
     client = gw.client()
     with pytest.raises(openai.BadRequestError) as info:
+        # A mask without an alpha channel (an RGB PNG) marks nothing to edit.
         client.images.edit(image=png_bytes(64, 64), mask=png_bytes(64, 64), prompt="x")
     assert info.value.body["param"] == "mask"
     with pytest.raises(openai.BadRequestError) as info:
@@ -566,7 +566,7 @@ def test_mock_upstream_without_tokens(gateway_factory):
     gw = gateway_factory("")
     client = gw.client(key="anything-goes")
     resp = client.images.generate(
-        prompt="hello", model="nano-banana-pro", size="1024x1536", response_format="b64_json"
+        prompt="hello", model="nano-banana-pro", size="1365x2048", response_format="b64_json"
     )
     assert _decode(resp.data[0].b64_json).size == (1696, 2528)  # 2:3 at 2K
     url_resp = client.images.generate(prompt="hello", response_format="url")

@@ -14,6 +14,7 @@ import pytest
 
 from gateway.api.errors import openai_error as error_for
 from gateway.config import DEFAULT_ALIASES
+from gateway.errors import InvalidParameter
 from gateway.fanout import split_count
 from gateway.models import nearest_aspect_ratio, produced_size
 from gateway.translate import (
@@ -163,24 +164,83 @@ def test_nearest_aspect_ratio_honours_choices() -> None:
 # --------------------------------------------------------------------------- resolution
 
 
+# The tier each size needs, worked out by hand from Google's 1K tables (2K doubles, 4K
+# quadruples each side): the smallest whose long side at the size's ratio covers 80% of
+# the long side asked. Gemini 3 (nano-banana-2, -pro, -2-lite) and Gemini 2.5 Flash
+# (nano-banana) differ only where 80% falls between their 1K sizes.
+TIERS = [
+    # size,       ratio,  Gemini 3 tier, Flash 2.5 tier, why
+    ("256x256", "1:1", "1K", "1K"),  # 1024 >= 205
+    ("512x512", "1:1", "1K", "1K"),
+    ("1024x1024", "1:1", "1K", "1K"),  # 1024 >= 819
+    ("1536x1024", "3:2", "1K", "1K"),  # 1264 / 1248 >= 1229
+    ("1024x1536", "2:3", "1K", "1K"),
+    ("1536x864", "16:9", "1K", "1K"),  # 1376 / 1344 >= 1229
+    ("1280x720", "16:9", "1K", "1K"),
+    ("1792x1024", "16:9", "2K", "2K"),  # 1376 / 1344 < 1434 <= 2752 / 2688
+    ("1024x1792", "9:16", "2K", "2K"),
+    ("2048x2048", "1:1", "2K", "2K"),  # 1024 < 1638 <= 2048
+    ("2560x1440", "16:9", "2K", "2K"),  # 2752 >= 2048: not 4K
+    ("1600x1200", "4:3", "2K", "2K"),  # 1200 / 1184 < 1280
+    ("3840x2160", "16:9", "4K", "4K"),  # 2752 < 3072 <= 5504
+    ("4096x4096", "1:1", "4K", "4K"),  # 2048 < 3277
+]
+MULTI_TIER = ("nano-banana-2", "nano-banana-pro")
+
+
 @pytest.mark.parametrize(
-    ("width", "height", "resolution"),
+    ("model", "size", "ratio", "tier", "adjusted"),
     [
-        pytest.param(256, 256, "1K", id="256"),
-        pytest.param(1024, 1024, "1K", id="1024-square"),
-        pytest.param(1024, 576, "1K", id="long-side-1024"),
-        pytest.param(576, 1024, "1K", id="long-side-1024-portrait"),
-        pytest.param(1025, 1024, "2K", id="long-side-1025"),
-        pytest.param(1536, 1024, "2K", id="1536x1024"),
-        pytest.param(1024, 1792, "2K", id="1024x1792"),
-        pytest.param(2048, 2048, "2K", id="2048"),
-        pytest.param(2049, 1024, "4K", id="long-side-2049"),
-        pytest.param(4096, 2304, "4K", id="4096x2304"),
-        pytest.param(1024, 3840, "4K", id="tall-4k"),
+        pytest.param(m, size, ratio, g3, False, id=f"{m}-{size}")
+        for m in MULTI_TIER
+        for size, ratio, g3, _flash in TIERS
+    ]
+    + [
+        # 1K only: a size that needs more is made at 1K, and the answer says so.
+        pytest.param("nano-banana", size, ratio, "1K", flash != "1K", id=f"nano-banana-{size}")
+        for size, ratio, _g3, flash in TIERS
+    ]
+    + [
+        pytest.param("nano-banana-2-lite", size, ratio, "1K", g3 != "1K", id=f"lite-{size}")
+        for size, ratio, g3, _flash in TIERS
     ],
 )
-def test_resolution_for(width: int, height: int, resolution: str) -> None:
-    assert resolution_for(width, height) == resolution
+def test_the_tier_each_size_needs(
+    model: str, size: str, ratio: str, tier: str, adjusted: bool
+) -> None:
+    width, height = (int(x) for x in size.split("x"))
+    assert nearest_aspect_ratio(width, height) == ratio
+    assert resolution_for(model, width, height) == (tier, adjusted)
+    job, output = translate(request(model=model, size=size))
+    assert (job.aspect_ratio, job.resolution) == (ratio, tier)
+    assert output.size_adjusted == (size if adjusted else None)
+    # What the answer reports: Google's picture at that ratio and tier.
+    assert output.expected_size == produced_size(model, ratio, tier)
+
+
+@pytest.mark.parametrize(
+    ("model", "size"), [("nano-banana", "1792x1024"), ("nano-banana-2-lite", "2048x2048")]
+)
+def test_strict_size_keeps_the_refusal(model: str, size: str) -> None:
+    req = request(model=model, size=size)
+    with pytest.raises(InvalidParameter) as refused:
+        build_job(req, default_model="nano-banana", aliases=DEFAULT_ALIASES, strict_size=True)
+    assert refused.value.param == "size"
+    assert "makes 1K images only" in refused.value.message
+    # The same size the model can make is fine in strict mode.
+    ok = request(model=model, size="1536x1024")
+    job, _ = build_job(ok, default_model="nano-banana", aliases=DEFAULT_ALIASES, strict_size=True)
+    assert job.resolution == "1K"
+
+
+@pytest.mark.parametrize(
+    ("quality", "reported"),
+    [(None, "auto"), ("auto", "auto"), ("low", "low"), ("medium", "medium"), ("high", "high"),
+     ("standard", "medium"), ("hd", "high"), ("xhigh", "high"), ("max", "high")],
+)  # fmt: skip
+def test_the_quality_the_answer_reports(quality: str | None, reported: str) -> None:
+    _job, output = translate(request(quality=quality))
+    assert output.quality == reported
 
 
 # --------------------------------------------------------------------------- produced_size
@@ -245,6 +305,15 @@ def test_produced_size_scales_by_resolution(
         pytest.param("gpt-image-1.5", "nano-banana-2", id="gpt-image-1.5"),
         pytest.param("gpt-image-1-mini", "nano-banana", id="gpt-image-1-mini"),
         pytest.param("chatgpt-image-latest", "nano-banana-2", id="chatgpt-image-latest"),
+        pytest.param("gpt-image-2", "nano-banana-2", id="gpt-image-2"),
+        pytest.param("gpt-image-2-2026-04-21", "nano-banana-2", id="gpt-image-2-dated"),
+        pytest.param("gpt-image-2-mini", "nano-banana", id="gpt-image-2-mini"),
+        pytest.param("gpt-image-2.5-flare", "nano-banana-2", id="gpt-image-2.5-flare"),
+        pytest.param("gpt-image-2.5-flare-2026-06-01", "nano-banana-2", id="flare-dated"),
+        pytest.param("gpt-image-2.5-sunburst", "nano-banana-pro", id="gpt-image-2.5-sunburst"),
+        pytest.param("gpt-image-2.6-flare", "nano-banana-2", id="gpt-image-2.6-flare"),
+        pytest.param("gpt-image-2.6-sunburst", "nano-banana-pro", id="gpt-image-2.6-sunburst"),
+        pytest.param("gpt-image-2.6", "nano-banana-2", id="gpt-image-2.6"),
         pytest.param("dall-e-2", "nano-banana", id="dall-e-2"),
         pytest.param("dall-e-3", "nano-banana-2", id="dall-e-3"),
     ],
@@ -337,27 +406,13 @@ def test_split_count(n: int, per_call: int, expected: list[int]) -> None:
         pytest.param({"n": 0}, "n", id="n-zero"),
         pytest.param({"n": -1}, "n", id="n-negative"),
         pytest.param({"n": 11}, "n", id="n-eleven"),
-        pytest.param({"mask": True}, "mask", id="mask"),
+        pytest.param({"mask": PNG_URI}, "mask", id="mask-on-a-generation"),
         pytest.param({"background": "transparent"}, "background", id="transparent-background"),
         pytest.param({"size": "huge"}, "size", id="size-malformed"),
         pytest.param({"size": "1024x"}, "size", id="size-half"),
         pytest.param({"size": "4096x1024"}, "size", id="size-ratio-4-to-1"),
         pytest.param({"size": "1024x4096"}, "size", id="size-ratio-1-to-4"),
         pytest.param({"size": "16384x8192"}, "size", id="size-too-big"),
-        pytest.param(
-            {"model": "nano-banana", "size": "1536x1024"}, "size", id="size-2K-on-1K-only-model"
-        ),
-        pytest.param(
-            {"model": "nano-banana-2-lite", "size": "2048x2048"}, "size", id="size-2K-on-lite"
-        ),
-        pytest.param(
-            {"model": "dall-e-2", "size": "1792x1024"}, "size", id="size-2K-on-dalle2-alias"
-        ),
-        pytest.param(
-            {"model": "nano-banana:official", "size": "4096x4096"},
-            "size",
-            id="size-4K-on-flash-official",
-        ),
         pytest.param(
             {
                 "endpoint": "edits",
@@ -456,8 +511,8 @@ def test_build_job_unknown_model_is_404() -> None:
         ),
         pytest.param(
             {"model": "gpt-image-1", "size": "1536x1024", "n": 3, "quality": "high"},
-            Job("generate", "a banana on a table", "nano-banana-2", 3, (), "3:2", "2K"),
-            Output("b64_json", expected_size=(2528, 1696)),
+            Job("generate", "a banana on a table", "nano-banana-2", 3, (), "3:2", "1K"),
+            Output("b64_json", expected_size=(1264, 848), quality="high"),
             id="gpt-image-1-landscape",
         ),
         pytest.param(
@@ -588,7 +643,7 @@ def test_build_job_unknown_model_is_404() -> None:
         ),
         pytest.param(
             {"endpoint": "edits", "images": (IMAGE_URL,), "size": "1536x1024", "model": "dall-e-3"},
-            Job("edit", "a banana on a table", "nano-banana-2", 1, (IMAGE_URL,), "3:2", "2K"),
+            Job("edit", "a banana on a table", "nano-banana-2", 1, (IMAGE_URL,), "3:2", "1K"),
             Output("url", expected_size=None),
             id="edit-url-image-with-size",
         ),
@@ -601,7 +656,7 @@ def test_build_job_happy_paths(fields: dict[str, Any], job: Job, output: Output)
 
 
 def test_build_job_uses_configured_default_model() -> None:
-    job, output = translate(request(size="1536x1024"), default_model="nano-banana-pro")
+    job, output = translate(request(size="2048x1365"), default_model="nano-banana-pro")
     assert (job.model, job.aspect_ratio, job.resolution) == ("nano-banana-pro", "3:2", "2K")
     assert output.expected_size == (2528, 1696)
 

@@ -93,12 +93,13 @@ class ImageEndpoints:
         result = answer.images.result()
         if answer.output.response_format == "b64_json":
             return PartsResponse(
-                images_b64_parts(result, answer.output), headers=result_headers(result)
+                images_b64_parts(result, answer.output),
+                headers=result_headers(result, answer.output),
             )
         return JSONResponse(
             # The base URL is only built when the gateway hosts an image.
             images_body(result, answer.output, self._store, lambda: str(request.base_url)),
-            headers=result_headers(result),
+            headers=result_headers(result, answer.output),
         )
 
     async def _stream(self, request: Request, answer: Answer, kind: str) -> Response:
@@ -117,8 +118,10 @@ class ImageEndpoints:
             answer.delivered(True)  # answered as a plain error, as without stream
             raise
         headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+        if output.size_adjusted is not None:  # known before the images are
+            headers["x-gateway-size-adjusted"] = output.size_adjusted
         if make.done():
-            headers.update(result_headers(make.result()))
+            headers.update(result_headers(make.result(), output))
         keepalive = self._keepalive
         secrets = self._secrets
 

@@ -56,6 +56,9 @@ def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 def _field_schema(f: Field, form: Form) -> dict[str, Any]:
     """One field's schema, as it is carried in this form."""
+    if f.refused:
+        # Named so the 400 can name it, but no value is taken (null means not sent).
+        return {"type": "null", "description": f"{f.doc} {f.refused}"}
     schema = _typed(f, form)
     if f.enum:
         # Null is a type of its own: an enum has to list it as well.

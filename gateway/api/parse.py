@@ -4,8 +4,8 @@ parameter for anything malformed.
 Generations arrive as JSON (SDKs send null for unset fields: null means default). Edits
 arrive as multipart (`image`, `image[]` or repeated `image` parts, order kept; raw bytes
 often typed application/octet-stream, so the bytes decide the type) or as JSON with
-`images: [{"image_url": ...}]`. Which fields each takes, of what type, with which allowed
-values and bounds, is read from `gateway/fields.py`.
+`images: [{"image_url": ...}]`, and a `mask` likewise. Which fields each takes, of what
+type, with which allowed values and bounds, is read from `gateway/fields.py`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from starlette.types import Message
 from ..errors import BodyTooLarge, ClientGone, InvalidParameter, invalid
 from ..fields import BY_NAME, EDITS, FIELDS, FILE, GENERATIONS, JSON, MAX_IMAGES, Field, names
 from ..http import TooLarge, declared_too_large, read_capped
+from ..shape.mask import checked_mask, named_mask
 from ..shape.media import BadImage, decode_data_uri, inspect_image, to_data_uri
 from ..shape.netguard import RefusedUrl, UrlPolicy
 from ..types import ImageRequest
@@ -73,12 +74,6 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
         raise ClientGone() from None
 
 
-def _check_declared_length(request: Request, max_bytes: int) -> None:
-    """Refuse a body whose Content-Length is already too large, before reading any of it."""
-    if declared_too_large(request.headers.get("content-length"), max_bytes):
-        raise BodyTooLarge(max_bytes)
-
-
 async def read_json(request: Request, max_bytes: int = MAX_GENERATION_BODY) -> Mapping[str, Any]:
     """The body as a JSON object, or an InvalidParameter / BodyTooLarge that says so."""
     body = await read_body(request, max_bytes)
@@ -114,7 +109,8 @@ async def parse_edit(request: Request, *, max_bytes: int, policy: UrlPolicy) -> 
         # Decoding and checking up to 16 images is CPU work: keep it off the event loop.
         return await asyncio.to_thread(parse_edit_json, data, max_bytes=max_bytes, policy=policy)
     limit = MAX_IMAGES * max_bytes + MAX_GENERATION_BODY
-    _check_declared_length(request, limit)
+    if declared_too_large(request.headers.get("content-length"), limit):
+        raise BodyTooLarge(limit)  # before reading any of it
     if not content_type.startswith("multipart/form-data"):
         raise invalid(
             None,
@@ -170,20 +166,16 @@ def parse_edit_json(data: Mapping[str, Any], *, max_bytes: int, policy: UrlPolic
         )
     if len(images_raw) > MAX_IMAGES:
         raise invalid("images", f"At most {MAX_IMAGES} images per edit.")
-    images: list[str] = []
-    first_size: tuple[int, int] | None = None
-    for i, item in enumerate(images_raw):
-        ref, size = _json_image(f"images[{i}]", item, max_bytes, policy)
-        images.append(ref)
-        if i == 0:
-            first_size = size
-    mask = data.get("mask")
+    refs = [_json_image(f"images[{i}]", x, max_bytes, policy) for i, x in enumerate(images_raw)]
     fields = _common_fields(data)
+    mask = data.get("mask")  # {"image_url": ...} like an image; must match the first image
+    if mask is not None:
+        mask = named_mask(lambda: _json_image("mask", mask, max_bytes, policy)[0], refs[0][1])
     return ImageRequest(
         endpoint="edits",
-        images=tuple(images),
-        first_image_size=first_size,
-        mask=mask is not None,
+        images=tuple(ref for ref, _size in refs),
+        first_image_size=refs[0][1],
+        mask=mask,
         **fields,
     )
 
@@ -214,17 +206,18 @@ async def _edit_from_form(
     scalars: dict[str, Any] = {}
     images: list[str] = []
     first_size: tuple[int, int] | None = None
-    mask = False
+    mask: str | None = None
     for name, value in items:
         if name in _FILE_PARTS and name != "mask":
             if len(images) >= MAX_IMAGES:
                 raise invalid("image", f"At most {MAX_IMAGES} images per edit.")
             ref, size = await _image_part(value, max_bytes, policy)
-            if not images:
-                first_size = size
+            first_size = first_size if images else size
             images.append(ref)
         elif name == "mask":
-            mask = isinstance(value, UploadFile) or bool(value)
+            if mask is not None:
+                raise invalid("mask", "'mask' was sent more than once.")
+            mask = (await _image_part(value, max_bytes, policy, "mask"))[0]
         else:
             _add_text_part(scalars, name, value)
     _reject_unknown(scalars, _EDIT_PART_NAMES)
@@ -235,18 +228,18 @@ async def _edit_from_form(
         endpoint="edits",
         images=tuple(images),
         first_image_size=first_size,
-        mask=mask,
+        mask=mask and await asyncio.to_thread(checked_mask, mask, first_size),
         **_common_fields(converted),
     )
 
 
 async def _image_part(
-    value: Any, max_bytes: int, policy: UrlPolicy
+    value: Any, max_bytes: int, policy: UrlPolicy, where: str = "image"
 ) -> tuple[str, tuple[int, int] | None]:
-    """An image part: a file, or text holding a URL or data: URI."""
+    """An image (or mask) part: a file, or text holding a URL or data: URI."""
     if isinstance(value, UploadFile):
-        return await _upload_to_data_uri(value, "image", max_bytes)
-    return await asyncio.to_thread(_image_reference, str(value), "image", max_bytes, policy)
+        return await _upload_to_data_uri(value, where, max_bytes)
+    return await asyncio.to_thread(_image_reference, str(value), where, max_bytes, policy)
 
 
 def _add_text_part(scalars: dict[str, Any], name: str, value: Any) -> None:
@@ -332,6 +325,11 @@ def _from_form(name: str, value: str) -> Any:
 
 def _reject_unknown(data: Mapping[str, Any], allowed: frozenset[str]) -> None:
     for key in data:
+        # A multipart form flattens objects into parts such as `svg[model]`.
+        base = key.split("[", 1)[0] if key.endswith("]") else key
+        field = BY_NAME.get(base)
+        if base != key and field is not None and field.refused and base in allowed:
+            raise invalid(base, field.refused)
         if key not in allowed:
             raise invalid(key, f"Unrecognized request argument supplied: {key}")
 
@@ -345,6 +343,8 @@ def _common_fields(data: Mapping[str, Any]) -> dict[str, Any]:
 
 def _checked(f: Field, value: Any) -> Any:
     """A field's value after its type, allowed values and bounds are checked."""
+    if f.refused and value is not None:
+        raise invalid(f.name, f.refused)
     if f.required:
         _check_required(f, value)
     elif value is None or not f.types:

@@ -25,9 +25,13 @@ def error_response(err: OpenAIError, request_id: str | None = None) -> JSONRespo
     return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
 
-def result_headers(result: ImagesResult) -> dict[str, str]:
-    """Provider ids a user can hand to the provider's support, and who served the request."""
+def result_headers(result: ImagesResult, output: Output | None = None) -> dict[str, str]:
+    """Provider ids a user can hand to the provider's support, who served the request, and
+    whether the picture is smaller than the size asked (the model's largest)."""
     headers: dict[str, str] = {}
+    if output is not None and output.size_adjusted is not None:
+        # The size asked; the answer's `size` says what was made.
+        headers["x-gateway-size-adjusted"] = output.size_adjusted
     if result.task_ids:
         headers["x-upstream-task-id"] = ",".join(result.task_ids)
     if result.trace_ids:
@@ -95,7 +99,7 @@ def completed_event(kind: str, image: ProducedImage, output: Output, created: in
         "b64_json": base64.b64encode(image.data).decode("ascii"),
         "created_at": created,
         "size": _size_text(image) or "auto",
-        "quality": "auto",
+        "quality": output.quality,
         "background": "opaque",
         "output_format": _format_of(image, output),
         # Nano Banana upstreams bill per image, not per token; the SDK expects the object.
@@ -125,7 +129,7 @@ DONE = "data: [DONE]\n\n"
 
 def _tail(result: ImagesResult, output: Output) -> dict[str, Any]:
     """The fields after `data` in an images answer."""
-    rest: dict[str, Any] = {"background": "opaque"}
+    rest: dict[str, Any] = {"background": "opaque", "quality": output.quality}
     if result.images:
         size = _size_text(result.images[0])
         if size:

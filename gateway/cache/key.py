@@ -2,9 +2,10 @@
 (the API layer reads that from Cache-Control: api/headers.py).
 
 Pure functions: the key is a digest of everything that changes the images (action, model
-after aliasing, prompt, aspect ratio, resolution, n, output encoding and the content of
-every input image) and nothing else: not the caller's key, not response_format or stream
-(those only change how the same images are handed back), not ignored fields like `user`.
+after aliasing, prompt, aspect ratio, resolution, n, output encoding, the content of
+every input image and of the mask) and nothing else: not the caller's key, not
+response_format or stream (those only change how the same images are handed back), not
+ignored fields like `user`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Literal
 from ..types import Job, Output
 
 # Bump when the key's meaning changes, so replicas of two versions never share entries.
-KEY_VERSION = 1
+KEY_VERSION = 2
 
 Mode = Literal["use", "refresh", "bypass"]
 
@@ -40,9 +41,12 @@ class CachePolicy:
         return self.mode != "bypass"
 
 
-def cache_key(job: Job, output: Output, image_digests: Sequence[str]) -> str:
+def cache_key(
+    job: Job, output: Output, image_digests: Sequence[str], mask_digest: str | None = None
+) -> str:
     """The key for a job's images; image_digests are the SHA-256 of each input image's
-    bytes, in the caller's order (order changes the picture: the first sets the ratio)."""
+    bytes, in the caller's order (order changes the picture: the first sets the ratio),
+    mask_digest that of the mask's bytes (None: no mask; a masked answer is composited)."""
     material = {
         "v": KEY_VERSION,
         "action": job.action,
@@ -54,6 +58,7 @@ def cache_key(job: Job, output: Output, image_digests: Sequence[str]) -> str:
         "output_format": output.output_format,
         "output_compression": output.output_compression,
         "images": list(image_digests),
+        "mask": mask_digest,
     }
     encoded = json.dumps(material, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(encoded.encode("utf-8")).hexdigest()

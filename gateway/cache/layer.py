@@ -170,15 +170,19 @@ class ImageCache:
     # ------------------------------------------------------------------ keys
 
     async def _key(self, job: Job, output: Output) -> str | None:
-        """The cache key; None when an input image cannot be read (then the request goes
-        uncached rather than risk serving a picture made from other bytes)."""
+        """The cache key; None when an input image (or the mask) cannot be read (then the
+        request goes uncached rather than risk serving a picture made from other bytes)."""
         digests: list[str] = []
         for image in job.images:
             digest = await self._digest(image)
             if digest is None:
                 return None
             digests.append(digest)
-        return cache_key(job, output, digests)
+        mask = output.composite.mask if output.composite is not None else None
+        mask_digest = await self._digest(mask) if mask is not None else None
+        if mask is not None and mask_digest is None:
+            return None
+        return cache_key(job, output, digests, mask_digest)
 
     async def _digest(self, image: str) -> str | None:
         if image.startswith("data:"):

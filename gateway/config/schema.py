@@ -319,7 +319,9 @@ class Config(Section):
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret string, so error and log text can be scrubbed of them."""
-        found = [t for u in self.upstreams for t in u.tokens]
+        # The built-in mock's placeholder token is no secret: scrubbing "mock" would turn
+        # the start-up banner into "upstream [redacted]: type=[redacted]".
+        found = [t for u in self.upstreams if u.type != "mock" for t in u.tokens]
         # A key given as its SHA-256 is not a secret: only plain keys are scrubbed.
         found += [c.key for c in self.clients if c.key]
         if self.admin.key:

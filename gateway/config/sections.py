@@ -37,8 +37,16 @@ from .fields import (
 
 # Apps written for OpenAI send these names; each lands on the Nano Banana model closest in
 # what it can do. Patterns are fnmatch globs, tried in order, first match wins.
+#   *-mini      the cheap tier -> nano-banana (Gemini 2.5 Flash Image: the cheapest, 1K)
+#   *-flare*    the fast tier (gpt-image-2.5-flare, -2.6-flare, dated ones too) ->
+#               nano-banana-2 (Gemini 3.1 Flash Image: fast, up to 4K)
+#   *-sunburst* the most capable tier -> nano-banana-pro (Gemini 3 Pro Image)
+#   the rest (gpt-image-1, -1.5, -2, -2.5, -2.6, dated; chatgpt-image-latest) ->
+#               nano-banana-2, the all-round model
 DEFAULT_ALIASES: dict[str, str] = {
-    "gpt-image-*-mini": "nano-banana",
+    "gpt-image-*-mini*": "nano-banana",
+    "gpt-image-*-flare*": "nano-banana-2",
+    "gpt-image-*-sunburst*": "nano-banana-pro",
     "gpt-image-*": "nano-banana-2",
     "chatgpt-image-*": "nano-banana-2",
     "dall-e-2": "nano-banana",
@@ -118,6 +126,10 @@ class ImagesConfig(Section):
     """How OpenAI requests become upstream jobs and how answers are shaped."""
 
     allow_partial: Flag = setting(False, "answer with fewer images than `n` instead of a 502")
+    strict_size: Flag = setting(
+        False,
+        "a size above what the model makes is a 400 instead of its largest picture",
+    )
     download_max_bytes: WholeNumber = setting(
         64 * MiB, "largest image downloaded from an upstream link", ge=1024
     )

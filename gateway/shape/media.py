@@ -1,7 +1,7 @@
 """Image bytes: sniffing, data: URIs, sizes, re-encoding, and the mock's placeholder.
 
-The only module that touches Pillow, so the cost and the failure modes of decoding
-images live in one place.
+The only module that touches Pillow (with shape/mask.py, which composites masked
+edits), so the cost and the failure modes of decoding images live in one place.
 """
 
 from __future__ import annotations
@@ -192,20 +192,25 @@ def reencode(data: bytes, fmt: str, quality: int | None) -> bytes:
     """Re-encode to png/jpeg/webp; quality is OpenAI's output_compression (0-100)."""
     with Image.open(io.BytesIO(data)) as im:
         im.load()
-        out = io.BytesIO()
-        if fmt == "jpeg":
-            # JPEG has no alpha; flatten on white rather than let Pillow refuse.
-            flat: Image.Image = im
-            if im.mode not in ("RGB", "L"):
-                flat = Image.new("RGB", im.size, (255, 255, 255))
-                rgba = im.convert("RGBA")
-                flat.paste(rgba, mask=rgba.split()[3])
-            flat.save(out, "JPEG", quality=100 if quality is None else max(1, quality))
-        elif fmt == "webp":
-            im.save(out, "WEBP", quality=100 if quality is None else quality)
-        else:
-            im.save(out, "PNG", optimize=False)
-        return out.getvalue()
+        return encode(im, fmt, quality)
+
+
+def encode(im: Image.Image, fmt: str, quality: int | None) -> bytes:
+    """An image encoded as png/jpeg/webp; quality is OpenAI's output_compression (0-100)."""
+    out = io.BytesIO()
+    if fmt == "jpeg":
+        # JPEG has no alpha; flatten on white rather than let Pillow refuse.
+        flat: Image.Image = im
+        if im.mode not in ("RGB", "L"):
+            flat = Image.new("RGB", im.size, (255, 255, 255))
+            rgba = im.convert("RGBA")
+            flat.paste(rgba, mask=rgba.split()[3])
+        flat.save(out, "JPEG", quality=100 if quality is None else max(1, quality))
+    elif fmt == "webp":
+        im.save(out, "WEBP", quality=100 if quality is None else quality)
+    else:
+        im.save(out, "PNG", optimize=False)
+    return out.getvalue()
 
 
 def placeholder_png(width: int, height: int, label: str) -> bytes:

@@ -1,14 +1,17 @@
 """One finished image, brought into the form the caller asked for: a link passed on as it
 is (its true size read from its first bytes), or bytes (downloaded, checked, re-encoded
-when another format was asked for)."""
+when another format was asked for, or composited with the first image for a masked
+edit)."""
 
 from __future__ import annotations
 
 import asyncio
 
-from ..types import Output, ProducedImage
+from ..errors import DomainError, invalid
+from ..types import Composite, Output, ProducedImage
 from .fetch import Fetcher
-from .media import OUTPUT_MIME, reencode
+from .mask import composite
+from .media import OUTPUT_MIME, decode_data_uri, reencode
 from .probe import probe_size
 
 
@@ -25,7 +28,9 @@ class Shaper:
         self.fetcher = fetcher
 
     async def shape(self, link: str, output: Output) -> ProducedImage:
-        """Download / re-encode one image as the answer needs it."""
+        """Download / re-encode / composite one image as the answer needs it."""
+        if output.composite is not None:
+            return await self._composite(link, output, output.composite)
         if not needs_bytes(output, link):
             # A provider may not make the resolution asked for: the size reported (and
             # priced) is the one in the image's header, the expected one only if unread.
@@ -52,3 +57,29 @@ class Shaper:
             size=info.size,  # a re-encode keeps the pixels, so the size read on download
             size_source="measured",
         )
+
+    async def _composite(self, link: str, output: Output, plan: Composite) -> ProducedImage:
+        """A masked edit's answer: the model's picture where the mask is transparent, the
+        first image elsewhere, in the first image's size (never re-encoded on top)."""
+        made, _info = await self.fetcher.get(link)  # decoded, so compositing cannot fail
+        base = await self._callers_image(plan.base, "image", "the first image")
+        mask = await self._callers_image(plan.mask, "mask", "the mask")
+        data, mime, size = await asyncio.to_thread(
+            composite, base, mask, made, output.output_format, output.output_compression
+        )
+        # No link: the composite exists only here (the gateway hosts it for a url answer).
+        return ProducedImage(data=data, mime=mime, size=size, size_source="measured")
+
+    async def _callers_image(self, ref: str, param: str, what: str) -> bytes:
+        """The bytes of an image the caller sent: a data: URI (checked on arrival), or a
+        URL downloaded as upstream links are; a failure is a 400 on `param`."""
+        if ref.startswith("data:"):
+            decoded = decode_data_uri(ref)
+            if decoded is not None:
+                return decoded[0]
+        try:
+            data, _info = await self.fetcher.get(ref, decode=False)
+        except DomainError as err:
+            message = f"Could not download {what} for the masked edit: {err.message}"
+            raise invalid(param, message) from None
+        return data
