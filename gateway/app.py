@@ -239,6 +239,7 @@ def create_app(config: Config, *, bind_host: str = "127.0.0.1") -> Starlette:
         Route("/readyz", ops.readyz, methods=["GET"]),
         Route("/admin/upstreams", ops.admin_upstreams, methods=["GET"]),
         Route("/admin/clients", ops.admin_clients, methods=["GET"]),
+        Route("/admin", ops.admin_page, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
     if config.server.metrics_port is None:

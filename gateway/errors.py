@@ -107,10 +107,10 @@ class ModelUnavailable(DomainError):
 
 
 class Unauthenticated(DomainError):
-    """No key, or a key nobody configured. `challenge`: the answer should say which
-    scheme to use (the metrics endpoint does)."""
+    """No key, or a key nobody configured. `challenge`: the scheme the answer names in its
+    WWW-Authenticate header (the metrics endpoint and the admin page name one)."""
 
-    def __init__(self, message: str, *, challenge: bool = False) -> None:
+    def __init__(self, message: str, *, challenge: str | None = None) -> None:
         super().__init__(message)
         self.challenge = challenge
 

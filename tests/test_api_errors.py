@@ -66,7 +66,7 @@ ROWS: list[tuple[DomainError, int, str, str | None, str | None, dict[str, str]]]
     ),
     (Unauthenticated("who?"), 401, "invalid_request_error", "invalid_api_key", None, {}),
     (
-        Unauthenticated("metrics", challenge=True),
+        Unauthenticated("metrics", challenge="Bearer"),
         401,
         "invalid_request_error",
         "invalid_api_key",

@@ -3,6 +3,8 @@ metrics endpoints."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 
 from starlette.requests import Request
@@ -39,5 +41,32 @@ def check_metrics(request: Request, metrics_key: str | None) -> None:
     if metrics_key is not None and not key_matches(bearer(request), metrics_key):
         raise Unauthenticated(
             "Metrics need the metrics key: Authorization: Bearer <[admin] metrics_key>.",
-            challenge=True,
+            challenge="Bearer",
         )
+
+
+# What a browser needs to ask for the admin key: the key is the password, any user name.
+BASIC_CHALLENGE = 'Basic realm="nano-banana-gateway admin", charset="UTF-8"'
+
+
+def basic_password(request: Request) -> str | None:
+    """The password of 'Authorization: Basic ...' (user:password, base64), or None."""
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic" or not value.strip():
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    _user, sep, password = decoded.partition(":")
+    return password if sep else None
+
+
+def check_admin_page(request: Request, admin_key: str | None) -> None:
+    """As check_admin, also taking the key as a Basic password, and answering a missing or
+    wrong one with a Basic challenge so that a browser prompts for it."""
+    if not admin_key:
+        raise NotFound("Admin endpoints are disabled: set [admin] key.")
+    given = basic_password(request) or bearer(request) or request.headers.get("x-admin-key")
+    if not key_matches(given, admin_key):
+        raise Unauthenticated("Admin key missing or wrong.", challenge=BASIC_CHALLENGE)

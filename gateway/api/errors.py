@@ -220,7 +220,7 @@ _TABLE: dict[type[DomainError], Callable[[Any], OpenAIError]] = {
         401,
         e.message,
         code="invalid_api_key",
-        headers={"www-authenticate": "Bearer"} if e.challenge else {},
+        headers={"www-authenticate": e.challenge} if e.challenge else {},
     ),
     ModelNotAllowed: lambda e: OpenAIError(403, e.message, param="model", code="model_not_allowed"),
     LimitExceeded: _limit,

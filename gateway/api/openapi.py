@@ -96,6 +96,24 @@ def _typed(f: Field, form: Form) -> dict[str, Any]:
     return {"type": types[0] if len(types) == 1 else types}
 
 
+def _admin(summary: str, ok: dict[str, Any], *, basic: bool = False) -> dict[str, Any]:
+    """An /admin operation: the admin key (and, for the page, Basic auth), 401, 404."""
+    security: list[dict[str, list[str]]] = [{"adminKey": []}, {"adminKeyHeader": []}]
+    if basic:
+        security.insert(1, {"adminBasic": []})
+    return {
+        "get": {
+            "summary": summary,
+            "security": security,
+            "responses": {
+                "200": ok,
+                "401": _error(401),
+                "404": {**_error(404), "description": "No [admin] key is configured."},
+            },
+        }
+    }
+
+
 def _body_schema(endpoint: Endpoint, *forms: Form) -> dict[str, Any]:
     """The object schema of a request body on this endpoint, in these forms."""
     fields = fields_for(endpoint, *forms)
@@ -250,28 +268,23 @@ def openapi_document(config: Config) -> dict[str, Any]:
                 },
             }
         },
-        "/admin/upstreams": {
-            "get": {
-                "summary": "Pool state: upstreams and tokens (by redacted id).",
-                "security": [{"adminKey": []}, {"adminKeyHeader": []}],
-                "responses": {
-                    "200": _json("The pool.", {"type": "object"}),
-                    "401": _error(401),
-                    "404": {**_error(404), "description": "No [admin] key is configured."},
-                },
-            }
-        },
-        "/admin/clients": {
-            "get": {
-                "summary": "Each client's day so far (UTC) against its limits.",
-                "security": [{"adminKey": []}, {"adminKeyHeader": []}],
-                "responses": {
-                    "200": _json("The clients.", {"type": "object"}),
-                    "401": _error(401),
-                    "404": {**_error(404), "description": "No [admin] key is configured."},
-                },
-            }
-        },
+        "/admin/upstreams": _admin(
+            "Pool state: upstreams and tokens (by redacted id).",
+            _json("The pool.", {"type": "object"}),
+        ),
+        "/admin": _admin(
+            "The operator's page (HTML): pool, teams, cache.",
+            {
+                "description": "The page.",
+                "headers": _REQUEST_ID,
+                "content": {"text/html": {"schema": {"type": "string"}}},
+            },
+            basic=True,
+        ),
+        "/admin/clients": _admin(
+            "Each client's day so far (UTC) against its limits.",
+            _json("The clients.", {"type": "object"}),
+        ),
         "/openapi.json": {
             "get": {
                 "summary": "This document.",
@@ -312,6 +325,8 @@ def openapi_document(config: Config) -> dict[str, Any]:
                 "clientKey": {"type": "http", "scheme": "bearer"},
                 "adminKey": {"type": "http", "scheme": "bearer"},
                 "adminKeyHeader": {"type": "apiKey", "in": "header", "name": "x-admin-key"},
+                # The admin key as the password, any user name (a browser prompts for it).
+                "adminBasic": {"type": "http", "scheme": "basic"},
                 "metricsKey": {"type": "http", "scheme": "bearer"},
             },
             "schemas": _SCHEMAS,

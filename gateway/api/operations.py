@@ -9,14 +9,15 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from ..admission.limits import Limiter
 from ..config import Config
 from ..errors import NotFound
 from ..pool import Pool, UpstreamView
 from ..shape.store import ImageStore
-from .auth import check_admin, check_metrics
+from .admin_page import cache_stats, render_page
+from .auth import check_admin, check_admin_page, check_metrics
 
 
 def view_json(views: tuple[UpstreamView, ...]) -> list[dict[str, Any]]:
@@ -105,6 +106,18 @@ class OperationEndpoints:
                 }
             )
         return JSONResponse({"clients": clients})
+
+    async def admin_page(self, request: Request) -> Response:
+        """GET /admin: the operator's page (the admin key as Bearer or Basic password)."""
+        check_admin_page(request, self._config.admin.key)
+        page = render_page(
+            self._pool.view(),
+            self._limiter.today(),
+            self._config.clients,
+            cache_stats(self._registry),
+            mock=self._config.mock_only,
+        )
+        return HTMLResponse(page, headers={"cache-control": "no-store"})
 
     async def stored_image(self, request: Request) -> Response:
         """GET /v1/images/store/{name}: images the gateway hosts for url answers."""
