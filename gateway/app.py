@@ -32,6 +32,7 @@ from .cache import ImageCache
 from .config import Config
 from .errors import DomainError
 from .fanout import FanOut
+from .http import connection_limit, connection_warning, open_file_limit
 from .metering.meter import Meter
 from .metering.metrics import (
     CacheCollector,
@@ -298,6 +299,7 @@ def _announce(config: Config) -> None:
         log.warning("NO UPSTREAM TOKENS CONFIGURED: serving OFFLINE MOCK placeholder images.")
         log.warning("Set ACEDATA_API_TOKENS / XHUOAPI_API_TOKENS / DEFAPI_API_TOKENS or --config.")
         log.warning("=" * 72)
+    files = open_file_limit()
     for u in config.upstreams:
         log.info(
             "upstream %s: type=%s tokens=%d priority=%d weight=%g",
@@ -307,6 +309,12 @@ def _announce(config: Config) -> None:
             u.priority,
             u.weight,
         )
+        if u.type == "mock":
+            continue
+        limit = connection_limit(u.max_connections, files)
+        warning = connection_warning(u.name, limit, files, len(u.tokens), u.max_concurrency)
+        if warning:
+            log.warning(warning)
     log.info("clients: %s", ", ".join(c.name for c in config.clients) or "none (open access)")
     if config.redis.url:
         log.info(

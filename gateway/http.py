@@ -14,6 +14,7 @@ itself only for idempotent methods, and the provider calls are POSTs.
 from __future__ import annotations
 
 import asyncio
+import resource
 from collections.abc import AsyncIterable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -28,8 +29,43 @@ from aiohttp.payload import BytesPayload
 from httpx_aiohttp import AiohttpTransport
 
 # Image calls wait minutes each, so thousands may be open at once; aiohttp's default of
-# 100 connections would queue them behind each other.
+# 100 connections would queue them behind each other. The image fetcher keeps this bound;
+# an upstream's is sized from the open-file limit (connection_limit).
 MAX_CONNECTIONS = 4096
+# Files a process needs besides its sockets: logs, the state directory, Python's own.
+_RESERVED_FILES = 256
+_MIN_CONNECTIONS = 100
+
+
+def open_file_limit() -> int:
+    """This process's soft limit on open files (raised to the hard one at start)."""
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def connection_limit(configured: int | None, files: int) -> int:
+    """An upstream client's connection bound: the configured one, else half of what the
+    open files allow (every call waiting on a provider also holds its caller's socket)."""
+    if configured is not None:
+        return configured
+    return max(_MIN_CONNECTIONS, (files - _RESERVED_FILES) // 2)
+
+
+def connection_warning(
+    name: str, limit: int, files: int, tokens: int, per_token: int | None
+) -> str | None:
+    """Why the upstream's connection bound is too low for what is configured, or None."""
+    if per_token is not None and tokens * per_token > limit:
+        return (
+            f"upstream {name}: max_connections {limit} is below what its tokens may have in "
+            f"flight ({tokens} x max_concurrency {per_token}): calls will wait for a connection"
+        )
+    if 2 * limit + _RESERVED_FILES > files:
+        return (
+            f"upstream {name}: max_connections {limit} needs about {2 * limit + _RESERVED_FILES}"
+            f" open files and the limit is {files}: raise it (ulimit -n) or lower max_connections"
+        )
+    return None
+
 
 # Re-sends of one call after stale connections. After a provider restart several pooled
 # connections may all be dead, so one is not enough; past this the failure is real.

@@ -83,6 +83,12 @@ class UpstreamConfig(Section):
     max_concurrency: WholeNumber | None = setting(
         None, "calls in flight per token; absent: unlimited", ge=1, example=16
     )
+    max_connections: WholeNumber | None = setting(
+        None,
+        "open connections to the provider at most; absent: half the open-file limit",
+        ge=1,
+        example=4096,
+    )
     timeout_seconds: Number = setting(300.0, "one upstream HTTP call", ge=0.01)
     models: Mapping[str, Text] = setting(
         factory=dict,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..config import UpstreamConfig
+from ..http import connection_limit, open_file_limit
 from .acedata import AceDataUpstream
 from .base import FailureKind, Upstream, UpstreamError, UpstreamResult
 from .defapi import DefApiUpstream
@@ -27,6 +28,7 @@ def build_upstream(cfg: UpstreamConfig) -> Upstream:
             timeout=cfg.timeout_seconds,
             models=cfg.models,
             fields=fields(cfg),
+            max_connections=connection_limit(cfg.max_connections, open_file_limit()),
         )
     if cfg.type == "defapi":
         return DefApiUpstream(
@@ -39,6 +41,7 @@ def build_upstream(cfg: UpstreamConfig) -> Upstream:
             poll_deadline=cfg.poll_deadline_seconds,
             not_found_grace=cfg.not_found_grace_seconds,
             fields=fields(cfg),
+            max_connections=connection_limit(cfg.max_connections, open_file_limit()),
         )
     if cfg.type == "mock":
         return MockUpstream(cfg.name, latency=cfg.mock_latency_seconds)

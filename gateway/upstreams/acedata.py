@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..http import make_client
+from ..http import MAX_CONNECTIONS, make_client
 from ..models import base_model, takes_resolution
 from ..types import Job
 from ._common import (
@@ -171,12 +171,19 @@ class AceDataUpstream(Upstream):
         timeout: float,
         models: Mapping[str, str],
         fields: Iterable[Field] = (),
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         super().__init__(name, {**DEFAULT_MODELS, **models}, fields=fields)
         self.kind = kind
         self.base_url = base_url
         self._timeout = timeout
-        self._client = make_client(base_url, timeout=timeout, on_stale=self.count_stale_retry)
+        self._client = make_client(
+            base_url,
+            timeout=timeout,
+            max_connections=max_connections,
+            on_stale=self.count_stale_retry,
+        )
+        self.max_connections = max_connections
 
     def upstream_model(self, model: str) -> str:
         """Variants like 'nano-banana-pro:official' pass through when the base is served."""

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
-from ..http import make_client
+from ..http import MAX_CONNECTIONS, make_client
 from ..models import takes_resolution
 from ..types import Job
 from ._common import (
@@ -272,11 +272,18 @@ class DefApiUpstream(Upstream):
         poll_deadline: float,
         not_found_grace: float,
         fields: Iterable[Field] = (),
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         super().__init__(name, {**DEFAULT_MODELS, **models}, fields=fields)
         self.base_url = base_url
         self._timeout = timeout
-        self._client = make_client(base_url, timeout=timeout, on_stale=self.count_stale_retry)
+        self._client = make_client(
+            base_url,
+            timeout=timeout,
+            max_connections=max_connections,
+            on_stale=self.count_stale_retry,
+        )
+        self.max_connections = max_connections
         self._poll_interval = poll_interval
         self._poll_max_interval = poll_max_interval
         self._poll_deadline = poll_deadline
