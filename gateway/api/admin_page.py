@@ -67,25 +67,42 @@ class CacheStats:
         return None if not answered else (self.hits + self.coalesced) / answered
 
 
+_CACHE_SAMPLES = frozenset(
+    {
+        "nano_banana_cache_requests_total",
+        "nano_banana_cache_upstream_calls_saved_total",
+        "nano_banana_cost_saved_usd_total",
+        "nano_banana_cache_bytes",
+        "nano_banana_cache_entries",
+        "nano_banana_redis_up",
+    }
+)
+
+
 def cache_stats(registry: CollectorRegistry) -> CacheStats:
-    """The cache's figures, read from the same registry /metrics serves."""
+    """The cache's figures, read from the same registry /metrics serves, in one pass over
+    it (each lookup by name would run every collector again)."""
+    found = [
+        (s.name, s.labels, s.value)
+        for family in registry.collect()
+        for s in family.samples
+        if s.name in _CACHE_SAMPLES
+    ]
 
-    def value(name: str, labels: dict[str, str] | None = None) -> float:
-        return registry.get_sample_value(name, labels) or 0.0
+    def value(name: str, **labels: str) -> float:
+        """The sum over the samples of `name` that carry `labels` (all of them: none)."""
+        return sum(v for n, have, v in found if n == name and labels.items() <= have.items())
 
-    def total(name: str) -> float:
-        return sum(s.value for m in registry.collect() for s in m.samples if s.name == name)
-
-    up = registry.get_sample_value("nano_banana_redis_up")
+    up = [v for n, _labels, v in found if n == "nano_banana_redis_up"]
     return CacheStats(
-        hits=value("nano_banana_cache_requests_total", {"result": "hit"}),
-        misses=value("nano_banana_cache_requests_total", {"result": "miss"}),
-        coalesced=value("nano_banana_cache_requests_total", {"result": "coalesced"}),
+        hits=value("nano_banana_cache_requests_total", result="hit"),
+        misses=value("nano_banana_cache_requests_total", result="miss"),
+        coalesced=value("nano_banana_cache_requests_total", result="coalesced"),
         calls_saved=value("nano_banana_cache_upstream_calls_saved_total"),
-        cost_saved=total("nano_banana_cost_saved_usd_total"),
+        cost_saved=value("nano_banana_cost_saved_usd_total"),
         bytes=value("nano_banana_cache_bytes"),
         entries=value("nano_banana_cache_entries"),
-        redis_up=None if up is None else up == 1.0,
+        redis_up=up[0] == 1.0 if up else None,
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..http import MAX_CONNECTIONS, make_client
+from ..http import MAX_CONNECTIONS
 from ..models import base_model, takes_resolution
 from ..types import Job
 from ._common import (
@@ -177,13 +177,7 @@ class AceDataUpstream(Upstream):
         self.kind = kind
         self.base_url = base_url
         self._timeout = timeout
-        self._client = make_client(
-            base_url,
-            timeout=timeout,
-            max_connections=max_connections,
-            on_stale=self.count_stale_retry,
-        )
-        self.max_connections = max_connections
+        self._client = self.http_client(base_url, timeout, max_connections)
 
     def upstream_model(self, model: str) -> str:
         """Variants like 'nano-banana-pro:official' pass through when the base is served."""

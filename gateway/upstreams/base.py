@@ -14,7 +14,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from httpx import AsyncClient
+
 from ..errors import DomainError, wire_enum
+from ..http import make_client
 from ..types import Job
 from .forms import Capacity, Field, Refusals, needed
 
@@ -120,6 +123,17 @@ class Upstream(ABC):
     def count_stale_retry(self) -> None:
         """One call was silently re-sent after a stale pooled connection."""
         self.stale_retries += 1
+
+    def http_client(self, base_url: str, timeout: float, max_connections: int) -> AsyncClient:
+        """The provider's client, bounded to `max_connections`, its stale-connection
+        re-sends counted here."""
+        self.max_connections = max_connections
+        return make_client(
+            base_url,
+            timeout=timeout,
+            max_connections=max_connections,
+            on_stale=self.count_stale_retry,
+        )
 
     def models(self) -> tuple[str, ...]:
         """The gateway model names this upstream serves."""

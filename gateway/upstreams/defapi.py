@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
-from ..http import MAX_CONNECTIONS, make_client
+from ..http import MAX_CONNECTIONS
 from ..models import takes_resolution
 from ..types import Job
 from ._common import (
@@ -277,13 +277,7 @@ class DefApiUpstream(Upstream):
         super().__init__(name, {**DEFAULT_MODELS, **models}, fields=fields)
         self.base_url = base_url
         self._timeout = timeout
-        self._client = make_client(
-            base_url,
-            timeout=timeout,
-            max_connections=max_connections,
-            on_stale=self.count_stale_retry,
-        )
-        self.max_connections = max_connections
+        self._client = self.http_client(base_url, timeout, max_connections)
         self._poll_interval = poll_interval
         self._poll_max_interval = poll_max_interval
         self._poll_deadline = poll_deadline
