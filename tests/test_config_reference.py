@@ -109,6 +109,7 @@ def test_reference_keeps_the_sections_in_order() -> None:
         "[server]",
         "[redis]",
         "[state]",
+        "[batch]",
     ]
 
 

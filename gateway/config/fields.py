@@ -271,6 +271,12 @@ def _redis_url(value: str) -> str:
     return value
 
 
+def _database_url(value: str) -> str:
+    if not value.startswith(("postgresql://", "postgres://")):
+        raise ValueError("must start with postgresql:// (or postgres://)")
+    return value
+
+
 # Booleans are not numbers, floats are not whole numbers, strings are neither.
 Number = Annotated[float, Strict()]
 WholeNumber = Annotated[int, Strict()]
@@ -288,3 +294,4 @@ Token = Annotated[str, Strict(), BeforeValidator(_expand), AfterValidator(_trimm
 Key = Annotated[str, Strict(), BeforeValidator(_expand), AfterValidator(_long_enough)]
 KeyDigest = Annotated[str, Strict(), BeforeValidator(_expand), AfterValidator(_sha256_hex)]
 RedisURL = Annotated[str, Strict(), BeforeValidator(_expand), AfterValidator(_redis_url)]
+DatabaseURL = Annotated[str, Strict(), BeforeValidator(_expand), AfterValidator(_database_url)]

@@ -72,7 +72,8 @@ def parse_config(
 ) -> Config:
     """Validate a TOML-shaped mapping into a Config. Pure: env is passed in.
 
-    GATEWAY_REDIS_URL and GATEWAY_STATE_DIR fill [redis] url and [state] dir where the
+    GATEWAY_REDIS_URL, GATEWAY_STATE_DIR and GATEWAY_DATABASE_URL fill [redis] url,
+    [state] dir and [state] database_url where the
     document leaves them out; an env with neither HOME nor XDG_STATE_HOME (a config built
     in code) keeps state in memory."""
     try:
@@ -100,7 +101,10 @@ def _from_env(raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         doc["redis"] = {**(redis or {}), "url": env["GATEWAY_REDIS_URL"]}
     state = doc.get("state")
     if state is None or (isinstance(state, Mapping) and "dir" not in state):
-        doc["state"] = {**(state or {}), "dir": default_state_dir(env)}
+        doc["state"] = state = {**(state or {}), "dir": default_state_dir(env)}
+    if env.get("GATEWAY_DATABASE_URL") and isinstance(state, Mapping):
+        if "database_url" not in state:
+            doc["state"] = {**state, "database_url": env["GATEWAY_DATABASE_URL"]}
     return doc
 
 

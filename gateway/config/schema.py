@@ -41,7 +41,7 @@ from .sections import (
     UsageConfig,
     with_default_aliases,
 )
-from .state import RedisConfig, StateConfig
+from .state import BatchConfig, RedisConfig, StateConfig
 
 UpstreamType = Literal["acedata", "xhuoapi", "defapi", "mock"]
 # The provider-call fields the gateway chooses (gateway/upstreams/forms.py Field).
@@ -239,6 +239,7 @@ class Config(Section):
         factory=RedisConfig, doc='state shared by replicas: see "Running several replicas"'
     )
     state: StateConfig = setting(factory=StateConfig, doc="what one process keeps on disk")
+    batch: BatchConfig = setting(factory=BatchConfig, doc='the Batch API: see "Batches"')
 
     @field_validator("upstreams")
     @classmethod
@@ -337,6 +338,10 @@ class Config(Section):
         if self.redis.url:
             # A Redis password sits in the URL: redis://:PASSWORD@host or user:PASSWORD@.
             password = urllib.parse.urlsplit(self.redis.url).password
+            if password:
+                found.append(password)
+        if self.state.database_url:
+            password = urllib.parse.urlsplit(self.state.database_url).password
             if password:
                 found.append(password)
         return tuple(s for s in found if s)

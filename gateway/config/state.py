@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import field_validator
 
-from .fields import Number, RedisURL, Section, Text, setting
+from .fields import DatabaseURL, Number, RedisURL, Section, Text, WholeNumber, setting
 
 # Where the state directory is when neither the config nor GATEWAY_STATE_DIR names one:
 # the XDG base directory for state, per user (see load.py).
@@ -63,4 +63,38 @@ class StateConfig(Section):
         "memory only",
         example="/var/lib/nano-banana-gateway",
         active=False,
+    )
+    database_url: DatabaseURL | None = setting(
+        None,
+        "the Batch API's files, batches and lines in PostgreSQL, shared by every replica "
+        "(or GATEWAY_DATABASE_URL); unset: SQLite in the state directory",
+        example="postgresql://gateway:PASSWORD@postgres:5432/gateway",
+        secret=True,
+    )
+
+
+class BatchConfig(Section):
+    """The Batch API (/v1/files, /v1/batches): bulk and long jobs run in the background."""
+
+    concurrency: WholeNumber = setting(
+        4, "batch lines in flight at once, per replica (interactive requests come first)", ge=1
+    )
+    interactive_headroom: WholeNumber = setting(
+        8,
+        "a batch line starts only while at least this many upstream call slots are free "
+        "for interactive requests",
+        ge=0,
+    )
+    max_file_bytes: WholeNumber = setting(
+        200 * 1024 * 1024, "largest input file accepted by POST /v1/files", ge=1
+    )
+    max_lines: WholeNumber = setting(50_000, "most request lines in one batch input file", ge=1)
+    max_line_bytes: WholeNumber = setting(
+        20 * 1024 * 1024, "longest single line of an input file (an edit's data URIs count)", ge=1
+    )
+    claim_seconds: Number = setting(
+        30.0,
+        "a replica's hold on the batch it runs, renewed while it works: a dead replica's "
+        "batch is taken over after this long",
+        ge=1,
     )
