@@ -102,9 +102,9 @@ def _from_env(raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
     state = doc.get("state")
     if state is None or (isinstance(state, Mapping) and "dir" not in state):
         doc["state"] = state = {**(state or {}), "dir": default_state_dir(env)}
-    if env.get("GATEWAY_DATABASE_URL") and isinstance(state, Mapping):
-        if "database_url" not in state:
-            doc["state"] = {**state, "database_url": env["GATEWAY_DATABASE_URL"]}
+    url = env.get("GATEWAY_DATABASE_URL")
+    if url and isinstance(state, Mapping) and "database_url" not in state:
+        doc["state"] = {**state, "database_url": url}
     return doc
 
 
