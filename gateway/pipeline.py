@@ -49,12 +49,14 @@ class Caller:
 @dataclass(frozen=True)
 class Context:
     """How the request arrived: its endpoint and id, what the caller allows the cache to
-    do, and whether fewer images than asked are acceptable (None: the configured default)."""
+    do, whether fewer images than asked are acceptable (None: the configured default), and
+    the batch it is a line of (None: an interactive request)."""
 
     endpoint: str
     request_id: str | None = None
     policy: CachePolicy = _USE
     allow_partial: bool | None = None
+    batch: str | None = None
 
 
 def _metered_already(delivered: bool) -> None:
@@ -103,7 +105,7 @@ class ImagePipeline:
         `request` may still be on its way (the body not read yet): it is awaited only once
         the caller is admitted, so a caller over its rate costs little.
         """
-        record = self._meter.begin(context.endpoint, context.request_id)
+        record = self._meter.begin(context.endpoint, context.request_id, context.batch)
         pending = request if not isinstance(request, ImageRequest) else None
         streaming = False
         try:

@@ -35,6 +35,7 @@ class Record:
 
     endpoint: str
     request_id: str | None = None
+    batch: str | None = None  # the batch's id, for a line of one
     started: float = field(default_factory=time.monotonic)
     client: str = "unknown"
     model: str = "unknown"  # the metric label: a base model name, or "unknown"
@@ -86,10 +87,10 @@ class Meter:
             job.model, job.resolution, job.count if images is None else images
         )
 
-    def begin(self, endpoint: str, request_id: str | None) -> Record:
-        """A request has arrived."""
+    def begin(self, endpoint: str, request_id: str | None, batch: str | None = None) -> Record:
+        """A request has arrived (or a batch's line has started)."""
         self._metrics.inflight.inc()
-        return Record(endpoint=endpoint, request_id=request_id)
+        return Record(endpoint=endpoint, request_id=request_id, batch=batch)
 
     def admitted(self, record: Record) -> None:
         """The request is within its limits and will be served."""
@@ -202,6 +203,7 @@ def usage_line(
         "request_id": record.request_id,
         "client": record.client,
         "endpoint": record.endpoint,
+        "batch": record.batch,
         "model": job.model if job is not None else None,
         # What the app asked for (an alias, say), cut short: it is the caller's free text.
         "model_requested": record.model_requested[:64] if record.model_requested else None,
