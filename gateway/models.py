@@ -6,6 +6,7 @@ mock (which draws images of exactly these sizes).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -80,9 +81,10 @@ def _ratio_value(ratio: str) -> float:
     return int(a) / int(b)
 
 
+@functools.lru_cache(maxsize=1024)
 def nearest_aspect_ratio(width: int, height: int, choices: tuple[str, ...] = ASPECT_RATIOS) -> str:
     """The supported ratio closest to width:height, compared on a log scale so 2:1 and 1:2
-    are equally far from 1:1."""
+    are equally far from 1:1. (Cached: apps ask for a handful of sizes, on every request.)"""
     target = math.log(width / height)
     return min(choices, key=lambda r: abs(math.log(_ratio_value(r)) - target))
 

@@ -22,6 +22,9 @@ class Shutdown:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._cutoff: asyncio.Future[None] | None = None
         self._begun = False
+        self._cut_off = False
+        # The tasks serving image requests now: cancelled at the cutoff (see api/middleware).
+        self._running: set[asyncio.Task[object]] = set()
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Attach to the loop that serves requests (at app startup)."""
@@ -47,6 +50,18 @@ class Shutdown:
         assert self._cutoff is not None
         return self._cutoff
 
+    @property
+    def cut_off(self) -> bool:
+        """True once the grace period is over."""
+        return self._cut_off
+
+    def track(self, task: asyncio.Task[object]) -> None:
+        """Cancel `task` when the grace period ends (until untrack)."""
+        self._running.add(task)
+
+    def untrack(self, task: asyncio.Task[object]) -> None:
+        self._running.discard(task)
+
     def begin(self) -> None:
         """Start the grace period. Safe to call from a signal handler or another thread."""
         if self._begun:
@@ -65,5 +80,8 @@ class Shutdown:
         self._loop.call_later(self.grace_seconds, self._cut)
 
     def _cut(self) -> None:
+        self._cut_off = True
         if self._cutoff is not None and not self._cutoff.done():
             self._cutoff.set_result(None)
+        for task in list(self._running):
+            task.cancel()

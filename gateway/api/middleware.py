@@ -6,7 +6,6 @@ Both are pure ASGI (no body buffering), so streams stay streams.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 from collections.abc import Sequence
 
@@ -76,20 +75,22 @@ class ShutdownMiddleware:
                 finished = True
             await send(message)
 
-        work = asyncio.ensure_future(self.app(scope, receive, tracked_send))
+        # No task of its own per request: the serving task is cancelled at the cutoff
+        # (Shutdown.track) and, if that is why it was cancelled, answers the 503 itself.
+        task = asyncio.current_task()
+        assert task is not None
+        self.shutdown.track(task)
         try:
-            await asyncio.wait({work, self.shutdown.cutoff()}, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            work.cancel()
-            raise
-        if work.done():
-            work.result()  # re-raise whatever the app raised
+            await self.app(scope, receive, tracked_send)
             return
+        except asyncio.CancelledError:
+            if not self.shutdown.cut_off:
+                raise
+            task.uncancel()
+        finally:
+            self.shutdown.untrack(task)
 
         cut = True
-        work.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await work
         if finished:
             return
         err = _SHUTTING_DOWN

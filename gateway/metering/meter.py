@@ -75,6 +75,9 @@ class Meter:
         # The status and error code a domain error is answered with (the API's table).
         self._describe = describe
         self._evictions: dict[str, Any] = {}
+        # Labelled children by (metric, label values): prometheus_client's labels() checks
+        # and locks on every call; a request resolves about eight of them.
+        self._children: dict[tuple[Any, ...], Any] = {}
         # Start the rejection counters at zero so a first 429 shows up in increase().
         for client, limit, _used, configured in limiter.usage():
             if configured is not None:
@@ -96,12 +99,14 @@ class Meter:
         """The request is within its limits and will be served."""
         record.admitted = True
         assert record.job is not None
-        self._metrics.images_requested.labels(record.client, record.model).inc(record.job.count)
+        requested = self._child(self._metrics.images_requested, record.client, record.model)
+        requested.inc(record.job.count)
 
     def attempt(self, attempt: Attempt) -> None:
         """One upstream call has ended."""
-        self._metrics.upstream_requests.labels(attempt.upstream, attempt.outcome).inc()
-        self._metrics.upstream_seconds.labels(attempt.upstream).observe(attempt.seconds)
+        m = self._metrics
+        self._child(m.upstream_requests, attempt.upstream, attempt.outcome).inc()
+        self._child(m.upstream_seconds, attempt.upstream).observe(attempt.seconds)
 
     def retry(self, reason: str) -> None:
         """A request moved to another token or upstream after a failure of this kind."""
@@ -114,6 +119,13 @@ class Meter:
         if counter is None:
             counter = self._evictions[reason] = self._metrics.cache_evictions.labels(reason)
         counter.inc()
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        key = (id(metric), *values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     def answer(self, record: Record) -> tuple[int, str | None]:
         """The HTTP status and error code the request ended with."""
@@ -134,10 +146,10 @@ class Meter:
         answer = self.answer(record)
         status = answer[0]
         m.inflight.dec()
-        m.requests.labels(
-            record.endpoint, record.client, record.model, str(status), record.cache
-        ).inc()
-        m.request_seconds.labels(record.endpoint, record.model).observe(seconds)
+        child = self._child
+        labels = (record.endpoint, record.client, record.model, str(status), record.cache)
+        child(m.requests, *labels).inc()
+        child(m.request_seconds, record.endpoint, record.model).observe(seconds)
         if isinstance(record.error, LimitExceeded):
             m.rate_limited.labels(record.client, record.error.limit).inc()
         result = record.result
@@ -146,9 +158,9 @@ class Meter:
             self._count_images(record, result)
         cost, saved = self._cost(record, images)
         if cost:
-            m.cost.labels(record.client, record.model).inc(cost)
+            child(m.cost, record.client, record.model).inc(cost)
         if saved:
-            m.cost_saved.labels(record.client, record.model).inc(saved)
+            child(m.cost_saved, record.client, record.model).inc(saved)
         self._usage_log.write(usage_line(record, answer, seconds, images, cost, saved))
         if record.lease is None:
             return None
@@ -171,15 +183,15 @@ class Meter:
     def _count_images(self, record: Record, result: ImagesResult) -> None:
         m = self._metrics
         if result.cache != "off":
-            m.cache_requests.labels(result.cache).inc()
+            self._child(m.cache_requests, result.cache).inc()
         if result.calls_saved:
             m.cache_calls_saved.inc(result.calls_saved)
         images = m.images
         if result.cache in FREE:
-            images.labels(record.client, record.model, "cache").inc(len(result.images))
+            self._child(images, record.client, record.model, "cache").inc(len(result.images))
             return
         for upstream in result.upstreams:
-            images.labels(record.client, record.model, upstream).inc()
+            self._child(images, record.client, record.model, upstream).inc()
 
 
 def usage_line(

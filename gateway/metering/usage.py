@@ -21,11 +21,20 @@ from ..config import ConfigError
 log = logging.getLogger("gateway.usage")
 
 
+_second: list[Any] = [None, ""]  # the last whole second formatted, and its text
+
+
 def timestamp(wall: float) -> str:
     """RFC 3339 UTC time with milliseconds, as log stores parse it without configuration.
-    (time.strftime on a struct: a few times cheaper than datetime, once per request.)"""
-    millis = int(wall * 1000) % 1000
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall)) + f".{millis:03d}Z"
+    (The whole seconds are formatted once per second, not once per request.)"""
+    whole = int(wall)
+    if _second[0] != whole:
+        _second[:] = [whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))]
+    return f"{_second[1]}.{int(wall * 1000) % 1000:03d}Z"
+
+
+# One encoder for every line: json.dumps with options builds a new one per call.
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
 class UsageLog:
@@ -46,7 +55,7 @@ class UsageLog:
         """Append one record as one line. Never raises: a full disk must not fail requests."""
         if self.destination == "off":
             return
-        line = json.dumps(record, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        line = _encode(record)
         try:
             if self._file is not None:
                 # The handler locks, checks whether the file was rotated, writes and flushes.

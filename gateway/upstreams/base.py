@@ -161,6 +161,8 @@ class Upstream(ABC):
     def sendable(self, model: str) -> frozenset[Field]:
         """The fields this upstream may be sent for a model: its defaults and configured
         ones, less what it has refused lately."""
+        if not self.refusals:  # nothing refused: the configured set (asked for on every call)
+            return self._fields
         now = time.monotonic()
         return frozenset(f for f in self._fields if not self.refusals.refuses(model, f, now))
 

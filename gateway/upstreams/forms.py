@@ -119,6 +119,11 @@ class Refusals:
         self._by_key[(model, field)] = Refusal(model, field, reason[:200], now + REMEMBER_SECONDS)
         return news
 
+    def __bool__(self) -> bool:
+        """Whether any refusal is remembered (expired ones included until active() drops
+        them): the common case, none, lets callers skip the per-field checks."""
+        return bool(self._by_key)
+
     def refuses(self, model: str, field: Field, now: float) -> bool:
         """True while a refusal of this field for this model is remembered."""
         found = self._by_key.get((model, field))
