@@ -14,6 +14,8 @@ made again.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -141,17 +143,21 @@ class BatchStore(Protocol):
     async def put_file(self, record: FileRecord, chunks: AsyncIterator[bytes]) -> FileRecord:
         """Store a file's bytes as they arrive and then its record (the returned one carries
         the byte count seen). Nothing is visible until the whole file is stored; a failure
-        (or an exception raised by `chunks`, such as a size limit) leaves nothing behind."""
+        (or an exception raised by `chunks`, such as a size limit) leaves nothing behind.
+        For purpose "batch" the returned record's `lines` is the count of non-blank lines
+        seen (LineCounter); other purposes keep the `lines` given."""
 
     async def get_file(self, file_id: str) -> FileRecord | None: ...
 
     async def list_files(
         self, owner: str | None, *, purpose: str | None, after: str | None, limit: int
     ) -> Page:
-        """Newest first (OpenAI's default order); `owner` None: every owner's (admin)."""
+        """Newest first (OpenAI's default order); `owner` None: every owner's (admin). An
+        `after` that names no stored file gives an empty page."""
 
     def read_file(self, file_id: str, *, chunk_size: int = 1 << 16) -> AsyncIterator[bytes]:
-        """A stored file's bytes, chunk by chunk: never the whole file in memory."""
+        """A stored file's bytes, chunk by chunk (each at most chunk_size): never the whole
+        file in memory. Raises FileNotFoundError when the file is not (or no longer) stored."""
 
     async def delete_file(self, file_id: str) -> bool: ...
 
@@ -190,3 +196,86 @@ class BatchStore(Protocol):
         """Extend `runner`'s claim; False when it is no longer `runner`'s (taken over)."""
 
     async def release_claim(self, batch_id: str, runner: str) -> None: ...
+
+
+# Shared by both backends ------------------------------------------------------------------
+# Both store the same columns under the same names, so a row maps to a record one way.
+
+# The batch's timestamps that Update.times may set (any other key is a programming error).
+TIME_COLUMNS: tuple[str, ...] = (
+    "in_progress_at",
+    "finalizing_at",
+    "completed_at",
+    "failed_at",
+    "expired_at",
+    "cancelling_at",
+    "cancelled_at",
+)
+
+
+class Row(Protocol):
+    """A database row read by column name (sqlite3.Row, asyncpg.Record)."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+def errors_json(errors: Sequence[BatchError]) -> str:
+    return json.dumps([dataclasses.asdict(e) for e in errors])
+
+
+def file_from_row(row: Row) -> FileRecord:
+    return FileRecord(
+        id=row["id"],
+        owner=row["owner"],
+        filename=row["filename"],
+        purpose=row["purpose"],
+        bytes=row["bytes"],
+        created_at=row["created_at"],
+        lines=row["lines"],
+    )
+
+
+def batch_from_row(row: Row) -> BatchRecord:
+    metadata = json.loads(row["metadata"]) if row["metadata"] is not None else None
+    errors = tuple(BatchError(**e) for e in json.loads(row["errors"]))
+    return BatchRecord(
+        id=row["id"],
+        owner=row["owner"],
+        endpoint=row["endpoint"],
+        input_file_id=row["input_file_id"],
+        completion_window=row["completion_window"],
+        status=row["status"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        metadata=metadata,
+        errors=errors,
+        output_file_id=row["output_file_id"],
+        error_file_id=row["error_file_id"],
+        total=row["total"],
+        completed=row["completed"],
+        failed=row["failed"],
+        **{name: row[name] for name in TIME_COLUMNS},
+    )
+
+
+class LineCounter:
+    """Counts the non-blank lines of a file as its chunks go by (a line may span chunks):
+    put_file fills FileRecord.lines with it for a "batch" upload."""
+
+    def __init__(self) -> None:
+        self.lines = 0
+        self._open = False  # the current (unterminated) line has content
+
+    def feed(self, chunk: bytes) -> None:
+        *ended, rest = chunk.split(b"\n")
+        for segment in ended:
+            if self._open or segment.strip():
+                self.lines += 1
+            self._open = False
+        self._open = self._open or bool(rest.strip())
+
+    def finish(self) -> int:
+        if self._open:
+            self.lines += 1
+            self._open = False
+        return self.lines
