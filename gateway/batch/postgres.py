@@ -10,6 +10,7 @@ clock, so the replicas' own clocks may disagree.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import urllib.parse
@@ -119,10 +120,8 @@ class PostgresBatchStore:
     def _error(self, what: str, exc: BaseException) -> ConfigError:
         reason = str(exc) or type(exc).__name__
         password = ""
-        try:
+        with contextlib.suppress(ValueError):
             password = urllib.parse.urlsplit(self._url).password or ""
-        except ValueError:
-            pass
         if password:
             reason = reason.replace(password, "[redacted]")
         return ConfigError(

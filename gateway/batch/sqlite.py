@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import os
 import secrets
@@ -306,18 +307,20 @@ class SQLiteBatchStore:
         state, last = ("done" if ok else "failed"), 0
         while True:
             # Page by page, by index: never every outcome in memory at once.
-            rows = await self._run(
-                lambda c: c.execute(
-                    "SELECT idx, record FROM lines WHERE batch_id = ? AND state = ? AND"
-                    " idx > ? ORDER BY idx LIMIT ?",
-                    (batch_id, state, last, _OUTCOME_PAGE),
-                ).fetchall()
-            )
+            rows = await self._run(functools.partial(self._outcome_page, batch_id, state, last))
             for row in rows:
                 yield row["record"]
             if len(rows) < _OUTCOME_PAGE:
                 return
             last = rows[-1]["idx"]
+
+    @staticmethod
+    def _outcome_page(batch_id: str, state: str, last: int, c: sqlite3.Connection) -> list[Any]:
+        return c.execute(
+            "SELECT idx, record FROM lines WHERE batch_id = ? AND state = ? AND"
+            " idx > ? ORDER BY idx LIMIT ?",
+            (batch_id, state, last, _OUTCOME_PAGE),
+        ).fetchall()
 
     # Claims ------------------------------------------------------------------------------
     async def claim_batch(self, runner: str, *, lease_seconds: float) -> BatchRecord | None:

@@ -71,7 +71,7 @@ class PostgresServer:
                     "fsync=off",
                     "-c",
                     "max_connections=100",
-                ],  # fmt: skip
+                ],
                 user=self._user,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
