@@ -21,13 +21,20 @@ from .admission.clients import ClientAuth
 from .admission.limits import Limiter
 from .admission.prices import PriceList
 from .admission.shared import SharedLimits
+from .api.batch_lines import LineRunner
+from .api.batches import BatchEndpoints
 from .api.catalog import ModelEndpoints
 from .api.errors import INTERNAL, OpenAIError, openai_error
+from .api.files import FileEndpoints
 from .api.images import ImageEndpoints
 from .api.middleware import RequestIdMiddleware, ShutdownMiddleware
 from .api.openapi import openapi_document
 from .api.operations import OperationEndpoints
 from .api.responses import error_response
+from .batch.metrics import BatchMetrics
+from .batch.open import open_store
+from .batch.runner import BatchRunner
+from .batch.store import BatchStore
 from .cache import ImageCache
 from .config import Config
 from .errors import DomainError
@@ -204,7 +211,15 @@ def create_app(config: Config, *, bind_host: str = "127.0.0.1") -> Starlette:
         secrets=secrets,
     )
     catalog = ModelEndpoints(config, pool, gateway.auth)
-    ops = OperationEndpoints(config, pool, gateway.limiter, store, metrics.registry)
+    batch_store = open_store(config)
+    runner = _batch_runner(gateway, batch_store, shutdown)
+    files = FileEndpoints(batch_store, gateway.auth, config.admin.key, config.batch)
+    batches = BatchEndpoints(
+        batch_store, gateway.auth, config.admin.key, runner.wake if runner else lambda: None
+    )
+    ops = OperationEndpoints(
+        config, pool, gateway.limiter, store, metrics.registry, batch_store=batch_store
+    )
     document = openapi_document(config)
 
     @contextlib.asynccontextmanager
@@ -212,6 +227,9 @@ def create_app(config: Config, *, bind_host: str = "127.0.0.1") -> Starlette:
         _announce(config)
         shutdown.bind(asyncio.get_running_loop())
         await gateway.start()
+        if batch_store is not None and runner is not None:
+            await batch_store.start()
+            runner.start()
         metrics_server = None
         if config.server.metrics_port is not None:
             host = config.server.metrics_host or bind_host
@@ -225,6 +243,9 @@ def create_app(config: Config, *, bind_host: str = "127.0.0.1") -> Starlette:
             if metrics_server is not None:
                 metrics_server.shutdown()
                 metrics_server.server_close()
+            if batch_store is not None and runner is not None:
+                await runner.aclose()  # the running lines finish (or meet the cutoff)
+                await batch_store.aclose()
             await gateway.aclose()
 
     async def openapi(request: Request) -> Response:
@@ -234,12 +255,22 @@ def create_app(config: Config, *, bind_host: str = "127.0.0.1") -> Starlette:
         Route("/v1/images/generations", images.generations, methods=["POST"]),
         Route("/v1/images/edits", images.edits, methods=["POST"]),
         Route("/v1/images/store/{name}", ops.stored_image, methods=["GET"]),
+        Route("/v1/files", files.create, methods=["POST"]),
+        Route("/v1/files", files.list, methods=["GET"]),
+        Route("/v1/files/{file_id}", files.retrieve, methods=["GET"]),
+        Route("/v1/files/{file_id}", files.delete, methods=["DELETE"]),
+        Route("/v1/files/{file_id}/content", files.content, methods=["GET"]),
+        Route("/v1/batches", batches.create, methods=["POST"]),
+        Route("/v1/batches", batches.list, methods=["GET"]),
+        Route("/v1/batches/{batch_id}", batches.retrieve, methods=["GET"]),
+        Route("/v1/batches/{batch_id}/cancel", batches.cancel, methods=["POST"]),
         Route("/v1/models", catalog.models, methods=["GET"]),
         Route("/v1/models/{model:path}", catalog.model, methods=["GET"]),
         Route("/healthz", ops.healthz, methods=["GET"]),
         Route("/readyz", ops.readyz, methods=["GET"]),
         Route("/admin/upstreams", ops.admin_upstreams, methods=["GET"]),
         Route("/admin/clients", ops.admin_clients, methods=["GET"]),
+        Route("/admin/batches", ops.admin_batches, methods=["GET"]),
         Route("/admin", ops.admin_page, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
@@ -270,6 +301,31 @@ def create_app(config: Config, *, bind_host: str = "127.0.0.1") -> Starlette:
     app.state.shutdown = shutdown
     app.state.pipeline = gateway.pipeline
     return app
+
+
+def _batch_runner(
+    gateway: Gateway, store: BatchStore | None, shutdown: Shutdown
+) -> BatchRunner | None:
+    """The runner of this replica's share of the batches (None: the Batch API is off)."""
+    if store is None:
+        return None
+    config = gateway.config
+    public = config.server.public_base_url
+    lines = LineRunner(
+        gateway.pipeline,
+        config.clients,
+        gateway.store,
+        url_policy=gateway.url_policy,
+        upload_max_bytes=config.images.upload_max_bytes,
+        # Links to images the gateway hosts (bytes-only answers) need its address; without
+        # [server] public_base_url, the loopback one (set public_base_url for replicas).
+        base_url=lambda: public or "http://127.0.0.1",
+        secrets=config.secrets(),
+    )
+    metrics = BatchMetrics(gateway.metrics.registry)
+    return BatchRunner(
+        store, lines, config.batch, metrics, shutdown=shutdown, free_slots=gateway.pool.free_slots
+    )
 
 
 def _status_and_code(err: DomainError) -> tuple[int, str | None]:

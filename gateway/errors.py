@@ -155,7 +155,16 @@ class LimitsUnavailable(DomainError):
 
 class NotFound(DomainError):
     """A thing the caller named does not exist (an expired image link, a disabled
-    endpoint)."""
+    endpoint, another client's file or batch)."""
+
+
+class Forbidden(DomainError):
+    """The caller is known but may not do this (the admin key creating a batch, which
+    belongs to a client)."""
+
+
+class Conflict(DomainError):
+    """The thing named is not in a state that allows this (cancelling a finished batch)."""
 
 
 # --------------------------------------------------------------------------- capacity

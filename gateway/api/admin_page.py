@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry
 
 from ..admission.counters import ClientDay
+from ..batch.store import BatchRecord
 from ..config import ClientConfig
 from ..pool import UpstreamView
 
@@ -200,6 +201,25 @@ def _cache(stats: CacheStats) -> list[str]:
     ]
 
 
+def _batches(records: Sequence[BatchRecord], now: float) -> list[str]:
+    rows = [
+        "<h2>Batches at work</h2>",
+        "<table><tr><th>batch</th><th>team</th><th>endpoint</th><th>status</th>"
+        "<th>done</th><th>failed</th><th>total</th><th>age</th><th>window left</th></tr>",
+    ]
+    for r in records:
+        rows.append(
+            f"<tr><td>{_e(r.id)}</td><td>{_e(r.owner)}</td><td>{_e(r.endpoint)}</td>"
+            f"<td>{_state(r.status)}</td><td>{r.completed}</td><td>{r.failed}</td>"
+            f"<td>{r.total}</td><td>{_seconds(now - r.created_at)}</td>"
+            f"<td>{_seconds(max(0.0, r.expires_at - now))}</td></tr>"
+        )
+    if not records:
+        rows.append("<tr><td colspan='9' class='muted'>none</td></tr>")
+    rows.append("</table>")
+    return rows
+
+
 def render_page(
     views: Sequence[UpstreamView],
     days: Sequence[ClientDay],
@@ -208,6 +228,7 @@ def render_page(
     *,
     mock: bool,
     now: float | None = None,
+    batches: Sequence[BatchRecord] | None = None,
 ) -> str:
     """The whole page, from the typed state."""
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now))
@@ -223,9 +244,11 @@ def render_page(
     body += _upstreams(views)
     body += _teams(days, {c.name: c for c in clients})
     body += _cache(cache)
+    if batches is not None:
+        body += _batches(batches, time.time() if now is None else now)
     body.append(
         f"<p class='muted'>Refreshes every {_REFRESH_SECONDS} s. JSON: /admin/upstreams, "
-        "/admin/clients; history: /metrics.</p>"
+        "/admin/clients, /admin/batches; history: /metrics.</p>"
         f"<script>setTimeout(function(){{location.reload()}},{_REFRESH_SECONDS * 1000})"
         "</script></body></html>"
     )

@@ -9,6 +9,7 @@ import hmac
 
 from starlette.requests import Request
 
+from ..admission.clients import ClientAuth
 from ..errors import NotFound, Unauthenticated
 
 
@@ -70,3 +71,12 @@ def check_admin_page(request: Request, admin_key: str | None) -> None:
     given = basic_password(request) or bearer(request) or request.headers.get("x-admin-key")
     if not key_matches(given, admin_key):
         raise Unauthenticated("Admin key missing or wrong.", challenge=BASIC_CHALLENGE)
+
+
+def owner_of(request: Request, auth: ClientAuth, admin_key: str | None) -> str | None:
+    """Whom a Files or Batches call acts for: the calling client's name, or None for the
+    admin key, which sees every client's (Unauthenticated for any other key)."""
+    key = bearer(request)
+    if admin_key and key_matches(key, admin_key):
+        return None
+    return auth.identify(key).name

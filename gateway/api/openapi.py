@@ -15,6 +15,7 @@ from typing import Any
 from .. import __version__
 from ..config import Config
 from ..fields import EDITS, FILE, GENERATIONS, JSON, TEXT, Endpoint, Field, Form, fields_for
+from .openapi_batches import BATCH_SCHEMAS, batch_paths
 
 _ERROR_REF = {"$ref": "#/components/schemas/Error"}
 _REQUEST_ID = {
@@ -307,7 +308,7 @@ def openapi_document(config: Config) -> dict[str, Any]:
             metrics_op["security"] = [{"metricsKey": []}]
             metrics_op["responses"]["401"] = _error(401)
         paths["/metrics"] = {"get": metrics_op}
-
+    paths.update(batch_paths(secured))
     return {
         "openapi": "3.1.0",
         "info": {
@@ -329,7 +330,7 @@ def openapi_document(config: Config) -> dict[str, Any]:
                 "adminBasic": {"type": "http", "scheme": "basic"},
                 "metricsKey": {"type": "http", "scheme": "bearer"},
             },
-            "schemas": _SCHEMAS,
+            "schemas": {**_SCHEMAS, **BATCH_SCHEMAS},
         },
     }
 

@@ -12,12 +12,16 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from ..admission.limits import Limiter
+from ..batch.objects import batch_object
+from ..batch.store import ACTIVE, BatchRecord, BatchStore
 from ..config import Config
 from ..errors import NotFound
 from ..pool import Pool, UpstreamView
 from ..shape.store import ImageStore
 from .admin_page import cache_stats, render_page
 from .auth import check_admin, check_admin_page, check_metrics
+
+_RECENT = 200  # batches read for the admin views
 
 
 def view_json(views: tuple[UpstreamView, ...]) -> list[dict[str, Any]]:
@@ -45,12 +49,15 @@ class OperationEndpoints:
         limiter: Limiter,
         store: ImageStore,
         registry: CollectorRegistry,
+        *,
+        batch_store: BatchStore | None = None,
     ) -> None:
         self._config = config
         self._pool = pool
         self._limiter = limiter
         self._store = store
         self._registry = registry
+        self._batches = batch_store
 
     async def healthz(self, request: Request) -> Response:
         """GET /healthz: the process is up."""
@@ -116,8 +123,24 @@ class OperationEndpoints:
             self._config.clients,
             cache_stats(self._registry),
             mock=self._config.mock_only,
+            batches=await self._running_batches(),
         )
         return HTMLResponse(page, headers={"cache-control": "no-store"})
+
+    async def admin_batches(self, request: Request) -> Response:
+        """GET /admin/batches: the batches not yet at their end, every client's."""
+        check_admin(request, self._config.admin.key)
+        running = await self._running_batches()
+        return JSONResponse({"batches": [batch_object(r) for r in running or ()]})
+
+    async def _running_batches(self) -> list[BatchRecord] | None:
+        """Batches still at work, newest first (None: the Batch API is off). Read from the
+        newest RECENT batches: older ones still running show on /v1/batches with the
+        admin key."""
+        if self._batches is None:
+            return None
+        page = await self._batches.list_batches(None, after=None, limit=_RECENT)
+        return [r for r in page.items if r.status in ACTIVE]
 
     async def stored_image(self, request: Request) -> Response:
         """GET /v1/images/store/{name}: images the gateway hosts for url answers."""

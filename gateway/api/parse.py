@@ -119,7 +119,7 @@ async def parse_edit(request: Request, *, max_bytes: int, policy: UrlPolicy) -> 
         )
     try:
         # Counted as it streams in: a chunked body has no Content-Length to check first.
-        form = await _capped(request, limit).form(
+        form = await capped(request, limit).form(
             max_files=MAX_IMAGES + 2, max_fields=100, max_part_size=1024 * 1024
         )
     except BodyTooLarge:
@@ -137,7 +137,7 @@ async def parse_edit(request: Request, *, max_bytes: int, policy: UrlPolicy) -> 
         await form.close()
 
 
-def _capped(request: Request, limit: int) -> Request:
+def capped(request: Request, limit: int) -> Request:
     """The same request, whose body reading fails with BodyTooLarge once it passes `limit`
     bytes."""
     receive = request.receive

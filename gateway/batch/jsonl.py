@@ -137,63 +137,15 @@ class InputCheck:
             out.append(checked)
 
     def _check(self, segment: bytes, line: int) -> Line | None:
-        try:
-            text = segment.decode("utf-8")
-        except UnicodeDecodeError:
-            self._error("invalid_encoding", f"Line {line} is not valid UTF-8.", line)
+        value = self._object(segment, line)
+        if value is None:
             return None
-        try:
-            value: Any = json.loads(text)
-        except ValueError:
-            self._error("invalid_json_line", f"Line {line} is not valid JSON.", line)
+        problem = _field_problem(value, self.endpoint, line)
+        if problem is not None:
+            code, message, param = problem
+            self._error(code, message, line, param)
             return None
-        if not isinstance(value, dict):
-            self._error("invalid_json_line", f"Line {line} is not a JSON object.", line)
-            return None
-        unknown = sorted(k for k in value if k not in _KEYS)
-        if unknown:
-            self._error(
-                "invalid_request",
-                f"Line {line} has unknown keys: {', '.join(unknown)}.",
-                line,
-                unknown[0],
-            )
-            return None
-        for key in _KEYS:
-            if key not in value:
-                self._error(
-                    "missing_required_parameter",
-                    f"Line {line} is missing required parameter '{key}'.",
-                    line,
-                    key,
-                )
-                return None
-        custom_id, method, url, body = (value[k] for k in _KEYS)
-        if not isinstance(custom_id, str) or not custom_id or len(custom_id) > MAX_CUSTOM_ID:
-            self._error(
-                "invalid_request",
-                f"Line {line}: custom_id must be a non-empty string of at most "
-                f"{MAX_CUSTOM_ID} characters.",
-                line,
-                "custom_id",
-            )
-            return None
-        if method != "POST":
-            self._error("invalid_request", f"Line {line}: method must be POST.", line, "method")
-            return None
-        if url != self.endpoint:
-            self._error(
-                "invalid_url",
-                f"Line {line}: url must be this batch's endpoint, {self.endpoint}.",
-                line,
-                "url",
-            )
-            return None
-        if not isinstance(body, dict):
-            self._error(
-                "invalid_request", f"Line {line}: body must be a JSON object.", line, "body"
-            )
-            return None
+        custom_id = value["custom_id"]
         digest = hashlib.blake2b(custom_id.encode("utf-8"), digest_size=16).digest()
         first = self._seen.get(digest)
         if first is not None:
@@ -205,8 +157,57 @@ class InputCheck:
             )
             return None
         self._seen[digest] = line
-        compact = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+        compact = json.dumps(value["body"], separators=(",", ":"), ensure_ascii=False)
         return Line(index=line, custom_id=custom_id, body=compact)
+
+    def _object(self, segment: bytes, line: int) -> dict[str, Any] | None:
+        """The line as a JSON object, or None (and the problem recorded)."""
+        try:
+            text = segment.decode("utf-8")
+        except UnicodeDecodeError:
+            self._error("invalid_encoding", f"Line {line} is not valid UTF-8.", line)
+            return None
+        try:
+            value: Any = json.loads(text)
+        except (ValueError, RecursionError):
+            self._error("invalid_json_line", f"Line {line} is not valid JSON.", line)
+            return None
+        if not isinstance(value, dict):
+            self._error("invalid_json_line", f"Line {line} is not a JSON object.", line)
+            return None
+        return value
+
+
+def _field_problem(
+    value: dict[str, Any], endpoint: str, line: int
+) -> tuple[str, str, str | None] | None:
+    """What is wrong with a request line's fields, as (code, message, param); None when
+    nothing is. Pure."""
+    unknown = sorted(k for k in value if k not in _KEYS)
+    if unknown:
+        return "invalid_request", f"Line {line} has unknown keys: {', '.join(unknown)}.", unknown[0]
+    for key in _KEYS:
+        if key not in value:
+            return (
+                "missing_required_parameter",
+                f"Line {line} is missing required parameter '{key}'.",
+                key,
+            )
+    custom_id = value["custom_id"]
+    if not isinstance(custom_id, str) or not custom_id or len(custom_id) > MAX_CUSTOM_ID:
+        return (
+            "invalid_request",
+            f"Line {line}: custom_id must be a non-empty string of at most {MAX_CUSTOM_ID}"
+            " characters.",
+            "custom_id",
+        )
+    if value["method"] != "POST":
+        return "invalid_request", f"Line {line}: method must be POST.", "method"
+    if value["url"] != endpoint:
+        return "invalid_url", f"Line {line}: url must be this batch's endpoint, {endpoint}.", "url"
+    if not isinstance(value["body"], dict):
+        return "invalid_request", f"Line {line}: body must be a JSON object.", "body"
+    return None
 
 
 def check_file(

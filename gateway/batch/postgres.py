@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 
 from ..config import ConfigError
-from .sqlite import update_sets
+from .sql import BATCH_COLUMNS, FILE_COLUMNS, update_sets
 from .store import (
     ACTIVE,
     TIME_COLUMNS,
@@ -68,13 +68,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
-
-_BATCH_COLUMNS = (
-    "id, owner, endpoint, input_file_id, completion_window, status, created_at, expires_at,"
-    " metadata, errors, output_file_id, error_file_id, total, completed, failed, "
-    + ", ".join(TIME_COLUMNS)
-)
-_FILE_COLUMNS = "id, owner, filename, purpose, bytes, created_at, lines"
 
 
 def _shown(url: str) -> str:
@@ -160,7 +153,7 @@ class PostgresBatchStore:
         # leaves nothing behind.
         async with self._db.acquire() as conn, conn.transaction():
             await conn.execute(
-                f"INSERT INTO files ({_FILE_COLUMNS}) VALUES ($1, $2, $3, $4, 0, $5, 0)",
+                f"INSERT INTO files ({FILE_COLUMNS}) VALUES ($1, $2, $3, $4, 0, $5, 0)",
                 record.id, record.owner, record.filename, record.purpose, record.created_at,
             )  # fmt: skip
             pending = bytearray()
@@ -187,7 +180,7 @@ class PostgresBatchStore:
         )
 
     async def get_file(self, file_id: str) -> FileRecord | None:
-        row = await self._db.fetchrow(f"SELECT {_FILE_COLUMNS} FROM files WHERE id = $1", file_id)
+        row = await self._db.fetchrow(f"SELECT {FILE_COLUMNS} FROM files WHERE id = $1", file_id)
         return file_from_row(row) if row is not None else None
 
     async def list_files(
@@ -197,7 +190,7 @@ class PostgresBatchStore:
         if purpose is not None:
             args.append(purpose)
             where.append(f"purpose = ${len(args)}")
-        rows = await self._page("files", _FILE_COLUMNS, where, args, limit)
+        rows = await self._page("files", FILE_COLUMNS, where, args, limit)
         return Page([file_from_row(r) for r in rows[:limit]], len(rows) > limit)
 
     async def read_file(self, file_id: str, *, chunk_size: int = 1 << 16) -> AsyncIterator[bytes]:
@@ -239,17 +232,17 @@ class PostgresBatchStore:
             *(getattr(record, name) for name in TIME_COLUMNS),
         )  # fmt: skip
         marks = ", ".join(f"${i}" for i in range(1, len(values) + 1))
-        await self._db.execute(f"INSERT INTO batches ({_BATCH_COLUMNS}) VALUES ({marks})", *values)
+        await self._db.execute(f"INSERT INTO batches ({BATCH_COLUMNS}) VALUES ({marks})", *values)
 
     async def get_batch(self, batch_id: str) -> BatchRecord | None:
         row = await self._db.fetchrow(
-            f"SELECT {_BATCH_COLUMNS} FROM batches WHERE id = $1", batch_id
+            f"SELECT {BATCH_COLUMNS} FROM batches WHERE id = $1", batch_id
         )
         return batch_from_row(row) if row is not None else None
 
     async def list_batches(self, owner: str | None, *, after: str | None, limit: int) -> Page:
         where, args = _owner_after("batches", owner, after)
-        rows = await self._page("batches", _BATCH_COLUMNS, where, args, limit)
+        rows = await self._page("batches", BATCH_COLUMNS, where, args, limit)
         return Page([batch_from_row(r) for r in rows[:limit]], len(rows) > limit)
 
     async def _page(
@@ -269,7 +262,7 @@ class PostgresBatchStore:
         if update.from_status is not None:
             args.append(list(update.from_status))
             sql += f" AND status = ANY(${len(args) + 1}::text[])"
-        row = await self._db.fetchrow(f"{sql} RETURNING {_BATCH_COLUMNS}", batch_id, *args)
+        row = await self._db.fetchrow(f"{sql} RETURNING {BATCH_COLUMNS}", batch_id, *args)
         return batch_from_row(row) if row is not None else None
 
     # Lines -------------------------------------------------------------------------------
@@ -280,11 +273,11 @@ class PostgresBatchStore:
             [(batch_id, ln.index, ln.custom_id, ln.body) for ln in lines],
         )
 
-    async def pending_lines(self, batch_id: str, *, limit: int) -> list[Line]:
+    async def pending_lines(self, batch_id: str, *, limit: int, after: int = 0) -> list[Line]:
         rows = await self._db.fetch(
             "SELECT idx, custom_id, body FROM lines WHERE batch_id = $1 AND state = 'pending'"
-            " ORDER BY idx LIMIT $2",
-            batch_id, limit,
+            " AND idx > $3 ORDER BY idx LIMIT $2",
+            batch_id, limit, after,
         )  # fmt: skip
         return [Line(r["idx"], r["custom_id"], r["body"]) for r in rows]
 
@@ -319,13 +312,17 @@ class PostgresBatchStore:
                 return
             last = rows[-1]["idx"]
 
+    async def status_counts(self) -> dict[str, int]:
+        rows = await self._db.fetch("SELECT status, count(*) AS n FROM batches GROUP BY status")
+        return {row["status"]: row["n"] for row in rows}
+
     # Claims ------------------------------------------------------------------------------
     async def claim_batch(self, runner: str, *, lease_seconds: float) -> BatchRecord | None:
         row = await self._db.fetchrow(
             f"UPDATE batches SET claim_runner = $1, claim_until = {_NOW} + $2 WHERE id = ("
             "SELECT id FROM batches WHERE status = ANY($3::text[]) AND (claim_runner IS NULL"
             f" OR claim_until <= {_NOW}) ORDER BY created_at, seq LIMIT 1"
-            f" FOR UPDATE SKIP LOCKED) RETURNING {_BATCH_COLUMNS}",
+            f" FOR UPDATE SKIP LOCKED) RETURNING {BATCH_COLUMNS}",
             runner, float(lease_seconds), sorted(ACTIVE),
         )  # fmt: skip
         return batch_from_row(row) if row is not None else None

@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import json
-import os
 import secrets
 import sqlite3
 import time
@@ -24,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..state.daybook import StateDirError
+from .sql import BATCH_COLUMNS, FILE_COLUMNS, json_or_none, publish, sync, update_sets
 from .store import (
     ACTIVE,
     TIME_COLUMNS,
@@ -46,6 +45,10 @@ _HINT = (
     " in memory only (the Batch API is then off)"
 )
 _OUTCOME_PAGE = 500
+_OUTCOME_SQL = (
+    "SELECT idx, record FROM lines WHERE batch_id = ? AND state = ? AND idx > ? ORDER BY idx"
+    " LIMIT ?"
+)
 _T = TypeVar("_T")
 
 # Each step brings the schema from version i to i + 1; a step once released never changes.
@@ -71,13 +74,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
-
-_BATCH_COLUMNS = (
-    "id, owner, endpoint, input_file_id, completion_window, status, created_at, expires_at,"
-    " metadata, errors, output_file_id, error_file_id, total, completed, failed, "
-    + ", ".join(TIME_COLUMNS)
-)
-_FILE_COLUMNS = "id, owner, filename, purpose, bytes, created_at, lines"
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -178,12 +174,12 @@ class SQLiteBatchStore:
                     await asyncio.to_thread(out.write, chunk)
                     size += len(chunk)
                     counter.feed(chunk)
-                await asyncio.to_thread(_sync, out)
+                await asyncio.to_thread(sync, out)
             finally:
                 await asyncio.to_thread(out.close)
             lines = counter.finish() if record.purpose == "batch" else record.lines
             stored = dataclasses.replace(record, bytes=size, lines=lines)
-            await asyncio.to_thread(_publish, temp, final)
+            await asyncio.to_thread(publish, temp, final)
         except BaseException:
             await asyncio.to_thread(temp.unlink, missing_ok=True)
             raise
@@ -197,7 +193,7 @@ class SQLiteBatchStore:
     async def get_file(self, file_id: str) -> FileRecord | None:
         row = await self._run(
             lambda c: c.execute(
-                f"SELECT {_FILE_COLUMNS} FROM files WHERE id = ?", (file_id,)
+                f"SELECT {FILE_COLUMNS} FROM files WHERE id = ?", (file_id,)
             ).fetchone()
         )
         return file_from_row(row) if row is not None else None
@@ -209,7 +205,7 @@ class SQLiteBatchStore:
         if purpose is not None:
             where.append("purpose = ?")
             args.append(purpose)
-        rows = await self._run(lambda c: _page(c, "files", _FILE_COLUMNS, where, args, limit))
+        rows = await self._run(lambda c: _page(c, "files", FILE_COLUMNS, where, args, limit))
         return Page([file_from_row(r) for r in rows[:limit]], len(rows) > limit)
 
     async def read_file(self, file_id: str, *, chunk_size: int = 1 << 16) -> AsyncIterator[bytes]:
@@ -237,25 +233,25 @@ class SQLiteBatchStore:
         values = (
             record.id, record.owner, record.endpoint, record.input_file_id,
             record.completion_window, record.status, record.created_at, record.expires_at,
-            _json_or_none(record.metadata), errors_json(record.errors), record.output_file_id,
+            json_or_none(record.metadata), errors_json(record.errors), record.output_file_id,
             record.error_file_id, record.total, record.completed, record.failed,
             *(getattr(record, name) for name in TIME_COLUMNS),
         )  # fmt: skip
         marks = ", ".join("?" * len(values))
-        sql = f"INSERT INTO batches ({_BATCH_COLUMNS}) VALUES ({marks})"
+        sql = f"INSERT INTO batches ({BATCH_COLUMNS}) VALUES ({marks})"
         await self._run(lambda c: self._write(c, lambda c: c.execute(sql, values)))
 
     async def get_batch(self, batch_id: str) -> BatchRecord | None:
         row = await self._run(
             lambda c: c.execute(
-                f"SELECT {_BATCH_COLUMNS} FROM batches WHERE id = ?", (batch_id,)
+                f"SELECT {BATCH_COLUMNS} FROM batches WHERE id = ?", (batch_id,)
             ).fetchone()
         )
         return batch_from_row(row) if row is not None else None
 
     async def list_batches(self, owner: str | None, *, after: str | None, limit: int) -> Page:
         where, args = _owner_after("batches", owner, after)
-        rows = await self._run(lambda c: _page(c, "batches", _BATCH_COLUMNS, where, args, limit))
+        rows = await self._run(lambda c: _page(c, "batches", BATCH_COLUMNS, where, args, limit))
         return Page([batch_from_row(r) for r in rows[:limit]], len(rows) > limit)
 
     async def update_batch(self, batch_id: str, update: Update) -> BatchRecord | None:
@@ -265,7 +261,7 @@ class SQLiteBatchStore:
         if update.from_status is not None:
             sql += f" AND status IN ({', '.join('?' * len(update.from_status))})"
             args.extend(update.from_status)
-        sql += f" RETURNING {_BATCH_COLUMNS}"
+        sql += f" RETURNING {BATCH_COLUMNS}"
         row = await self._run(lambda c: self._write(c, lambda c: c.execute(sql, args).fetchone()))
         return batch_from_row(row) if row is not None else None
 
@@ -278,12 +274,12 @@ class SQLiteBatchStore:
         )
         await self._run(lambda c: self._write(c, lambda c: c.executemany(sql, rows)))
 
-    async def pending_lines(self, batch_id: str, *, limit: int) -> list[Line]:
+    async def pending_lines(self, batch_id: str, *, limit: int, after: int = 0) -> list[Line]:
         rows = await self._run(
             lambda c: c.execute(
                 "SELECT idx, custom_id, body FROM lines WHERE batch_id = ? AND state ="
-                " 'pending' ORDER BY idx LIMIT ?",
-                (batch_id, limit),
+                " 'pending' AND idx > ? ORDER BY idx LIMIT ?",
+                (batch_id, after, limit),
             ).fetchall()
         )
         return [Line(r["idx"], r["custom_id"], r["body"]) for r in rows]
@@ -307,20 +303,19 @@ class SQLiteBatchStore:
         state, last = ("done" if ok else "failed"), 0
         while True:
             # Page by page, by index: never every outcome in memory at once.
-            rows = await self._run(functools.partial(self._outcome_page, batch_id, state, last))
+            args = (batch_id, state, last, _OUTCOME_PAGE)
+            rows = await self._run(functools.partial(_fetch, _OUTCOME_SQL, args))
             for row in rows:
                 yield row["record"]
             if len(rows) < _OUTCOME_PAGE:
                 return
             last = rows[-1]["idx"]
 
-    @staticmethod
-    def _outcome_page(batch_id: str, state: str, last: int, c: sqlite3.Connection) -> list[Any]:
-        return c.execute(
-            "SELECT idx, record FROM lines WHERE batch_id = ? AND state = ? AND"
-            " idx > ? ORDER BY idx LIMIT ?",
-            (batch_id, state, last, _OUTCOME_PAGE),
-        ).fetchall()
+    async def status_counts(self) -> dict[str, int]:
+        rows = await self._run(
+            lambda c: c.execute("SELECT status, count(*) FROM batches GROUP BY status").fetchall()
+        )
+        return {row[0]: row[1] for row in rows}
 
     # Claims ------------------------------------------------------------------------------
     async def claim_batch(self, runner: str, *, lease_seconds: float) -> BatchRecord | None:
@@ -332,7 +327,7 @@ class SQLiteBatchStore:
                 "UPDATE batches SET claim_runner = ?, claim_until = ? WHERE id = (SELECT id"
                 f" FROM batches WHERE status IN ({', '.join('?' * len(active))}) AND"
                 " (claim_runner IS NULL OR claim_until <= ?) ORDER BY created_at, seq LIMIT 1)"
-                f" RETURNING {_BATCH_COLUMNS}",
+                f" RETURNING {BATCH_COLUMNS}",
                 (runner, now + lease_seconds, *active, now),
             ).fetchone()
 
@@ -356,38 +351,12 @@ class SQLiteBatchStore:
         await self._run(lambda c: self._write(c, lambda c: c.execute(sql, (batch_id, runner))))
 
 
-# The name the rest of the project may also use.
-SqliteBatchStore = SQLiteBatchStore
+def _fetch(sql: str, args: Sequence[Any], c: sqlite3.Connection) -> list[sqlite3.Row]:
+    return c.execute(sql, args).fetchall()
 
 
 def _now() -> float:
     return time.time()
-
-
-def _json_or_none(value: Any) -> str | None:
-    return json.dumps(value) if value is not None else None
-
-
-def update_sets(update: Update, mark: str | Callable[[], str]) -> tuple[list[str], list[Any]]:
-    """The SET clauses of an Update (`mark`: the placeholder, or a function making the next
-    one) and their values; `id = id` when nothing changes, so the statement still returns
-    the row (and checks from_status)."""
-    pairs: list[tuple[str, Any]] = []
-    if update.status is not None:
-        pairs.append(("status", update.status))
-    if update.errors is not None:
-        pairs.append(("errors", errors_json(update.errors)))
-    for name in ("output_file_id", "error_file_id", "total"):
-        if getattr(update, name) is not None:
-            pairs.append((name, getattr(update, name)))
-    for name, value in update.times.items():
-        if name not in TIME_COLUMNS:
-            raise ValueError(f"Update.times: {name!r} is not a batch timestamp")
-        pairs.append((name, value))
-    if not pairs:
-        return ["id = id"], []
-    place = mark if callable(mark) else (lambda: mark)  # type: ignore[return-value]
-    return [f"{name} = {place()}" for name, _ in pairs], [value for _, value in pairs]
 
 
 def _owner_after(table: str, owner: str | None, after: str | None) -> tuple[list[str], list[Any]]:
@@ -413,21 +382,6 @@ def _page(
 
 def _insert_file(c: sqlite3.Connection, r: FileRecord) -> None:
     c.execute(
-        f"INSERT INTO files ({_FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO files ({FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
         (r.id, r.owner, r.filename, r.purpose, r.bytes, r.created_at, r.lines),
     )
-
-
-def _sync(handle: Any) -> None:
-    handle.flush()
-    os.fsync(handle.fileno())
-
-
-def _publish(temp: Path, final: Path) -> None:
-    """Rename into place and make the rename itself durable (fsync of the directory)."""
-    os.replace(temp, final)
-    fd = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

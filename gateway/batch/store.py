@@ -30,6 +30,7 @@ BatchStatus = Literal[
     "cancelling",
     "cancelled",
 ]
+STATUSES: tuple[str, ...] = BatchStatus.__args__  # type: ignore[attr-defined]
 # The statuses a runner still has work in: a claim can be taken on these only.
 ACTIVE: frozenset[str] = frozenset({"validating", "in_progress", "finalizing", "cancelling"})
 
@@ -177,8 +178,8 @@ class BatchStore(Protocol):
         """Store a batch's request lines (called in chunks while validating; re-adding a line
         index already stored is a no-op, so a resumed validation can start over)."""
 
-    async def pending_lines(self, batch_id: str, *, limit: int) -> list[Line]:
-        """Lines with no outcome yet, in input order."""
+    async def pending_lines(self, batch_id: str, *, limit: int, after: int = 0) -> list[Line]:
+        """Lines with no outcome yet whose index is above `after`, in input order."""
 
     async def finish_line(self, batch_id: str, outcome: Outcome) -> bool:
         """Record a line's outcome and count it in the batch's completed / failed, in one
@@ -186,6 +187,9 @@ class BatchStore(Protocol):
 
     def outcomes(self, batch_id: str, *, ok: bool) -> AsyncIterator[str]:
         """The recorded outcomes of one kind, in input order, as JSON text lines."""
+
+    async def status_counts(self) -> dict[str, int]:
+        """How many batches are in each status (every owner's): the metrics' gauge."""
 
     # Claims -----------------------------------------------------------------------------
     async def claim_batch(self, runner: str, *, lease_seconds: float) -> BatchRecord | None:

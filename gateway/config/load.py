@@ -89,15 +89,7 @@ def _from_env(raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
     """The document with the settings the environment may give filled in."""
     doc = dict(raw)
     redis = doc.get("redis")
-    cache = doc.get("cache")
-    has_url = (isinstance(redis, Mapping) and "url" in redis) or (
-        isinstance(cache, Mapping) and "redis_url" in cache
-    )
-    if (
-        env.get("GATEWAY_REDIS_URL")
-        and not has_url
-        and (redis is None or isinstance(redis, Mapping))
-    ):
+    if env.get("GATEWAY_REDIS_URL") and not _names_redis(doc) and _fillable(redis):
         doc["redis"] = {**(redis or {}), "url": env["GATEWAY_REDIS_URL"]}
     state = doc.get("state")
     if state is None or (isinstance(state, Mapping) and "dir" not in state):
@@ -106,6 +98,20 @@ def _from_env(raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
     if url and isinstance(state, Mapping) and "database_url" not in state:
         doc["state"] = {**state, "database_url": url}
     return doc
+
+
+def _names_redis(doc: Mapping[str, Any]) -> bool:
+    """Whether the document names a Redis URL itself ([redis] url or the older spelling)."""
+    redis, cache = doc.get("redis"), doc.get("cache")
+    return (isinstance(redis, Mapping) and "url" in redis) or (
+        isinstance(cache, Mapping) and "redis_url" in cache
+    )
+
+
+def _fillable(section: Any) -> bool:
+    """A section the environment may add to: absent, or a table (anything else is left for
+    validation to name)."""
+    return section is None or isinstance(section, Mapping)
 
 
 def default_state_dir(env: Mapping[str, str]) -> str:

@@ -20,11 +20,17 @@ from pathlib import Path
 
 from tests.support.gateway import free_port
 
-_BIN = Path("/usr/lib/postgresql/15/bin")
+def _installed(name: str) -> str | None:
+    """The newest Debian postgresql's `name` (its binaries are not on PATH)."""
+    versions = sorted(
+        Path("/usr/lib/postgresql").glob(f"*/bin/{name}"),
+        key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0,
+    )
+    return str(versions[-1]) if versions else None
 
 
 def _binary(name: str) -> str:
-    found = shutil.which(name) or (str(_BIN / name) if (_BIN / name).exists() else None)
+    found = shutil.which(name) or _installed(name)
     if found is None:  # a missing server is a failure, not a skip
         raise RuntimeError(f"{name} is not installed: apt-get install postgresql")
     return found
