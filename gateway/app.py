@@ -324,7 +324,7 @@ def _batch_runner(
     )
     metrics = BatchMetrics(gateway.metrics.registry)
     return BatchRunner(
-        store, lines, config.batch, metrics, shutdown=shutdown, free_slots=gateway.pool.free_slots
+        store, lines, config.batch, metrics, shutdown=shutdown, capacity=gateway.pool.capacity
     )
 
 

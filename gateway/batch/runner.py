@@ -57,8 +57,9 @@ _COUNT_SECONDS = 5.0  # how often the batches-by-status gauge is refreshed
 
 
 class BatchRunner:
-    """See the module's doc. `free_slots` tells how many upstream calls could start now
-    (Pool.free_slots); `clock` is wall time in seconds (expiry)."""
+    """See the module's doc. `capacity` tells the upstream call slots of the usable tokens
+    and the calls in flight on them (Pool.capacity); `clock` is wall time in seconds
+    (expiry)."""
 
     def __init__(
         self,
@@ -68,7 +69,7 @@ class BatchRunner:
         metrics: BatchMetrics,
         *,
         shutdown: Shutdown,
-        free_slots: Callable[[], int],
+        capacity: Callable[[], tuple[int, int]],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
@@ -77,7 +78,7 @@ class BatchRunner:
         self._config = config
         self._metrics = metrics
         self._shutdown = shutdown
-        self._free_slots = free_slots
+        self._capacity = capacity
         self._clock = clock
         self._poll = min(1.0, config.claim_seconds / 4)
         self._slots = config.concurrency  # line slots free now, over every batch
@@ -310,10 +311,21 @@ class BatchRunner:
         while True:
             if self.stopping or lost.is_set():
                 return False
-            if self._slots > 0 and self._free_slots() > self._config.interactive_headroom:
+            if self._slots > 0 and self._room() > 0:
                 self._slots -= 1
                 return True
             await asyncio.sleep(0.05)
+
+    def _room(self) -> int:
+        """Upstream call slots free for a batch line, the interactive headroom kept. A line just started may not have reached
+        the pool yet, so the calls in flight are at least this replica's running lines
+        (the pool's count holds those that have, and every interactive call)."""
+        slots, busy = self._capacity()
+        running = self._config.concurrency - self._slots
+        # Never the whole capacity kept back: with fewer slots than the headroom, a batch
+        # still runs one line when nothing else is.
+        kept = min(self._config.interactive_headroom, slots - 1)
+        return slots - max(busy, running) - kept
 
     def _start_line(self, batch: BatchRecord, line: Line) -> asyncio.Task[None]:
         task = asyncio.create_task(self._line(batch, line))

@@ -231,20 +231,16 @@ class Pool:
         for upstream in self.upstreams:
             await upstream.aclose()
 
-    def free_slots(self) -> int:
-        """Upstream calls that could start now without queueing: each usable token's
-        max_concurrency less its calls in flight (a token with no max counts as one call
-        free per weight unit, at least one). The batch runner starts a line only while
-        enough are left for interactive requests."""
+    def capacity(self) -> tuple[int, int]:
+        """(call slots of the usable tokens, calls in flight on them): a token's slots are
+        its max_concurrency, or 1,000 with none (then never the limiting factor). The
+        batch runner starts a line only while enough are left for interactive requests."""
         now = self._clock()
         select = self._select
-        free = 0
+        slots = busy = 0
         for slot in select.slots:
-            if not select.usable(slot, now):
-                continue
-            cap = slot.cfg.max_concurrency
-            if cap is None:
-                free += max(1, 1_000 - slot.inflight)  # unbounded: never the limiting factor
-            else:
-                free += max(0, cap - slot.inflight)
-        return free
+            if select.usable(slot, now):
+                cap = slot.cfg.max_concurrency
+                slots += 1_000 if cap is None else cap
+                busy += slot.inflight
+        return slots, busy

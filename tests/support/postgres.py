@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tests.support.gateway import free_port
 
+
 def _installed(name: str) -> str | None:
     """The newest Debian postgresql's `name` (its binaries are not on PATH)."""
     versions = sorted(
