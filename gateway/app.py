@@ -212,7 +212,10 @@ def create_app(config: Config, *, bind_host: str = "127.0.0.1") -> Starlette:
     )
     catalog = ModelEndpoints(config, pool, gateway.auth)
     batch_store = open_store(config)
-    runner = _batch_runner(gateway, batch_store, shutdown)
+    # Links to images the gateway hosts in a batch's answers need its address: the public
+    # one, else the one the batch's creator used on this replica.
+    public = config.server.public_base_url
+    runner = _batch_runner(gateway, batch_store, shutdown, lambda: public or batches.base_url)
     files = FileEndpoints(batch_store, gateway.auth, config.admin.key, config.batch)
     batches = BatchEndpoints(
         batch_store, gateway.auth, config.admin.key, runner.wake if runner else lambda: None
@@ -304,22 +307,19 @@ def create_app(config: Config, *, bind_host: str = "127.0.0.1") -> Starlette:
 
 
 def _batch_runner(
-    gateway: Gateway, store: BatchStore | None, shutdown: Shutdown
+    gateway: Gateway, store: BatchStore | None, shutdown: Shutdown, base_url: Callable[[], str]
 ) -> BatchRunner | None:
     """The runner of this replica's share of the batches (None: the Batch API is off)."""
     if store is None:
         return None
     config = gateway.config
-    public = config.server.public_base_url
     lines = LineRunner(
         gateway.pipeline,
         config.clients,
         gateway.store,
         url_policy=gateway.url_policy,
         upload_max_bytes=config.images.upload_max_bytes,
-        # Links to images the gateway hosts (bytes-only answers) need its address; without
-        # [server] public_base_url, the loopback one (set public_base_url for replicas).
-        base_url=lambda: public or "http://127.0.0.1",
+        base_url=base_url,
         secrets=config.secrets(),
     )
     metrics = BatchMetrics(gateway.metrics.registry)

@@ -91,6 +91,9 @@ class BatchEndpoints:
         self._auth = auth
         self._admin_key = admin_key
         self._wake = wake
+        # The address the last batch was created through: hosted images in its answers
+        # are linked there when no [server] public_base_url is set.
+        self.base_url = "http://127.0.0.1"
 
     def _ready(self, request: Request) -> tuple[BatchStore, str | None]:
         owner = owner_of(request, self._auth, self._admin_key)
@@ -131,6 +134,7 @@ class BatchEndpoints:
             metadata=metadata,
         )
         await store.create_batch(record)
+        self.base_url = str(request.base_url).rstrip("/")
         self._wake()
         return JSONResponse(batch_object(record))
 

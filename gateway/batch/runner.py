@@ -317,9 +317,10 @@ class BatchRunner:
             await asyncio.sleep(0.05)
 
     def _room(self) -> int:
-        """Upstream call slots free for a batch line, the interactive headroom kept. A line just started may not have reached
-        the pool yet, so the calls in flight are at least this replica's running lines
-        (the pool's count holds those that have, and every interactive call)."""
+        """Upstream call slots free for a batch line, the interactive headroom kept. A line
+        just started may not have reached the pool yet, so the calls in flight are at least
+        this replica's running lines (the pool's count holds those that have, and every
+        interactive call)."""
         slots, busy = self._capacity()
         running = self._config.concurrency - self._slots
         # Never the whole capacity kept back: with fewer slots than the headroom, a batch
