@@ -24,6 +24,9 @@ Scenarios:
             its return to the first success and to steady service (bench/recovery.py)
   limits    (only when named) the overhead load with every client limit set, counted in
             process vs in Redis, and Redis round trips per request (bench/limits.py)
+  batch     (only when named) a 500-line generations batch through /v1/files and
+            /v1/batches: lines per second, and interactive p50/p95 one request after
+            another while idle vs while the batch runs (bench/batch.py)
 
 Peak memory is VmHWM from /proc, so each scenario gets fresh processes. CPU is utime+stime
 from /proc, per process, read around each measured run.
@@ -767,6 +770,13 @@ def scenario_limits(settings: Settings, tmp: Path) -> dict[str, Any]:
     return limits.scenario(settings, tmp)
 
 
+def scenario_batch(settings: Settings, tmp: Path) -> dict[str, Any]:
+    """A batch's lines per second, and interactive latency idle vs while it runs."""
+    import batch  # here, not at the top: bench/batch.py imports this module
+
+    return batch.scenario(settings, tmp)
+
+
 def scenario_waits(settings: Settings, tmp: Path) -> dict[str, Any]:
     """RSS and CPU at 1,000 / 2,000 / 4,000 / 8,000 waiting requests."""
     import waits  # here, not at the top: bench/waits.py imports this module
@@ -788,11 +798,12 @@ SCENARIOS: dict[str, Callable[[Settings, Path], dict[str, Any]]] = {
     "big": scenario_big,
     "recovery": scenario_recovery,
     "limits": scenario_limits,
+    "batch": scenario_batch,
     "waits": scenario_waits,
 }
 # Run only when named: a round lasts as long as the gateway takes to recover (half a
 # minute with a 30 s breaker), and the default set is what the smoke test runs.
-OPT_IN = ("recovery", "limits", "waits")
+OPT_IN = ("recovery", "limits", "batch", "waits")
 
 
 # --------------------------------------------------------------------------- targets
