@@ -25,9 +25,8 @@ from ..batch.objects import batch_object, list_object
 from ..batch.records import batch_id
 from ..batch.store import BatchRecord, BatchStore, Update
 from ..errors import Conflict, Forbidden, NotFound, invalid
-from .auth import owner_of
 from .batch_lines import ENDPOINTS
-from .files import batch_api_off, query_limit
+from .files import query_limit, ready
 from .parse import read_json
 
 WINDOWS = {"24h": 24 * 3600}  # completion_window -> seconds (OpenAI offers 24h only)
@@ -96,10 +95,7 @@ class BatchEndpoints:
         self.base_url = "http://127.0.0.1"
 
     def _ready(self, request: Request) -> tuple[BatchStore, str | None]:
-        owner = owner_of(request, self._auth, self._admin_key)
-        if self._store is None:
-            raise batch_api_off()
-        return self._store, owner
+        return ready(self._store, request, self._auth, self._admin_key)
 
     async def _owned(self, store: BatchStore, request: Request, owner: str | None) -> BatchRecord:
         found_id = str(request.path_params["batch_id"])

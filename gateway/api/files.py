@@ -45,6 +45,17 @@ def batch_api_off() -> NotFound:
     )
 
 
+def ready(
+    store: BatchStore | None, request: Request, auth: ClientAuth, admin_key: str | None
+) -> tuple[BatchStore, str | None]:
+    """The store and whom the call acts for (None: the admin key); 401 for a bad key, then
+    404 when the Batch API is off."""
+    owner = owner_of(request, auth, admin_key)
+    if store is None:
+        raise batch_api_off()
+    return store, owner
+
+
 def query_limit(request: Request, default: int, most: int) -> int:
     """The `limit` query parameter, 1..most (a 400 naming it otherwise)."""
     raw = request.query_params.get("limit")
@@ -71,10 +82,7 @@ class FileEndpoints:
         self._config = config
 
     def _ready(self, request: Request) -> tuple[BatchStore, str | None]:
-        owner = owner_of(request, self._auth, self._admin_key)
-        if self._store is None:
-            raise batch_api_off()
-        return self._store, owner
+        return ready(self._store, request, self._auth, self._admin_key)
 
     async def owned(self, store: BatchStore, file_id: str, owner: str | None) -> FileRecord:
         """The file if the caller may see it; NotFound as for an id nobody has otherwise."""

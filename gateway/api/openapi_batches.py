@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..batch.store import STATUSES
+from .batch_lines import ENDPOINTS
+
 _ERROR_REF = {"$ref": "#/components/schemas/Error"}
 _REQUEST_ID = {
     "x-request-id": {
@@ -21,17 +24,8 @@ _TEXT = {
     409: "The batch is past the point where it can be cancelled.",
     413: "The request body is too large.",
 }
-_STATUSES = [
-    "validating",
-    "failed",
-    "in_progress",
-    "finalizing",
-    "completed",
-    "expired",
-    "cancelling",
-    "cancelled",
-]
-_ENDPOINTS = ["/v1/images/generations", "/v1/images/edits"]
+_STATUSES = list(STATUSES)
+_ENDPOINTS = list(ENDPOINTS)
 _NULLABLE_INT = {"type": ["integer", "null"]}
 _NULLABLE_TEXT = {"type": ["string", "null"]}
 
