@@ -63,6 +63,8 @@ COUNTERS = {
     "nano_banana_upstream_outage_seconds_total",
     "nano_banana_upstream_panic_calls_total",
     "nano_banana_upstream_stale_connection_retries_total",
+    "nano_banana_batch_lines_total",
+    "nano_banana_batches_total",
 }
 HISTOGRAMS = {
     "nano_banana_request_duration_seconds",
@@ -80,6 +82,9 @@ GAUGES = {
     "nano_banana_redis_up",
     "nano_banana_client_limit",
     "nano_banana_client_limit_usage",
+    "nano_banana_batch_lines_in_flight",
+    "nano_banana_batches_running",
+    "nano_banana_batches_by_status",
 }
 METRICS = (
     COUNTERS
@@ -253,7 +258,7 @@ def test_promql_metric_names(expr: str, names: set[str]) -> None:
     assert promql_metric_names(expr) == names
 
 
-def test_metric_list_matches_the_gateway() -> None:
+def test_metric_list_matches_the_gateway(tmp_path: Path) -> None:
     """The metric names these checks allow are exactly the ones a running gateway exports,
     with the types they are listed under."""
     from gateway.app import create_app
@@ -266,6 +271,8 @@ def test_metric_list_matches_the_gateway() -> None:
             # Some gauges exist only where their feature is configured (Redis: redis_up).
             # Nothing listens here: the gateway only talks to Redis when a request needs it.
             "cache": {"redis_url": "redis://127.0.0.1:9/0"},
+            # The Batch API's metrics exist where it is on: with durable state.
+            "state": {"dir": str(tmp_path)},
         },
         {},
     )
