@@ -351,3 +351,53 @@ def test_without_durable_state_the_batch_api_says_why(fake, gateway_factory, tmp
             http.get("/v1/batches", headers={"authorization": f"Bearer {CLIENT_KEY}"}).status_code
             == 404
         )
+
+
+def multipart(*parts: tuple[str, str | None, bytes]) -> tuple[bytes, str]:
+    """A multipart body of (name, filename or None, content) parts, in the order given."""
+    boundary = "gateway-test-boundary"
+    out = b""
+    for name, filename, content in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        out += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode()
+        out += content + b"\r\n"
+    out += f"--{boundary}--\r\n".encode()
+    return out, f"multipart/form-data; boundary={boundary}"
+
+
+def test_uploads_stream_in_any_order_and_name_what_is_wrong(fake, gateway_factory, tmp_path):
+    gw = gateway_factory(config(fake, tmp_path / "state", batch="max_file_bytes = 100000"))
+    auth = {"authorization": f"Bearer {CLIENT_KEY}"}
+    data = line("first", gen("file before purpose")).encode()
+
+    def upload(*parts: tuple[str, str | None, bytes], chunked: bool = False) -> httpx.Response:
+        body, content_type = multipart(*parts)
+        headers = {**auth, "content-type": content_type}
+        with httpx.Client(base_url=gw.url, timeout=30) as http:
+            if not chunked:
+                return http.post("/v1/files", content=body, headers=headers)
+            pieces = (body[i : i + 4096] for i in range(0, len(body), 4096))
+            return http.post("/v1/files", content=pieces, headers=headers)
+
+    # The file part first, then purpose: read as it streams, the same file.
+    made = upload(("file", "in.jsonl", data), ("purpose", None, b"batch"))
+    assert made.status_code == 200, made.text
+    assert (made.json()["bytes"], made.json()["filename"]) == (len(data), "in.jsonl")
+    assert gw.client().files.content(made.json()["id"]).content == data
+
+    refused = {
+        "purpose": upload(("file", "in.jsonl", data)),
+        "file": upload(("purpose", None, b"batch")),
+        "colour": upload(
+            ("purpose", None, b"batch"), ("colour", None, b"red"), ("file", "x", data)
+        ),
+        # Over max_file_bytes with no content-length to tell it first.
+        "file ": upload(
+            ("purpose", None, b"batch"), ("file", "big.jsonl", data * 2000), chunked=True
+        ),
+    }
+    for param, answer in refused.items():
+        assert answer.status_code == 400, (param, answer.text)
+        assert answer.json()["error"]["param"] == param.strip(), answer.text
+    # Nothing of the refused uploads was kept.
+    assert [f.id for f in gw.client().files.list().data] == [made.json()["id"]]

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
-from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
@@ -27,15 +25,14 @@ from ..batch.objects import file_object, list_object
 from ..batch.records import file_id
 from ..batch.store import BatchStore, FileRecord
 from ..config.state import BatchConfig
-from ..errors import BodyTooLarge, ClientGone, Forbidden, NotFound, invalid
+from ..errors import ClientGone, DomainError, Forbidden, NotFound, invalid
 from ..http import declared_too_large
 from .auth import owner_of
-from .parse import capped
+from .upload import StreamedForm
 
 _FORM_FIELDS = frozenset({"purpose", "file"})
 # Room for the multipart framing and the purpose field around the file itself.
 _FRAMING = 64 * 1024
-_READ = 1 << 16
 
 
 def batch_api_off() -> NotFound:
@@ -104,20 +101,30 @@ class FileEndpoints:
         content_type = request.headers.get("content-type", "")
         if not content_type.startswith("multipart/form-data"):
             raise invalid(None, "Upload files as multipart/form-data with 'purpose' and 'file'.")
-        form = await _read_form(request, limit)
+        form = StreamedForm(
+            content_type,
+            file_field="file",
+            max_file_bytes=limit,
+            too_large=lambda: _too_large(limit),
+            on_field=_check_field,
+        )
         try:
-            upload = _checked_form(form)
+            await form.start(aiter(request.stream()))
             record = FileRecord(
                 id=file_id(),
                 owner=owner,
-                filename=(upload.filename or "upload.jsonl")[:255],
+                filename=(form.filename or "upload.jsonl")[:255],
                 purpose="batch",
                 bytes=0,
                 created_at=int(time.time()),
             )
-            stored = await store.put_file(record, _chunks(upload, limit))
-        finally:
-            await form.close()
+            stored = await store.put_file(record, form.file_chunks())
+        except ClientDisconnect:
+            raise ClientGone() from None
+        missing = [name for name in ("purpose", "file") if not _given(form, name)]
+        if missing:  # the body ended without them: what was stored goes again
+            await store.delete_file(stored.id)
+            raise invalid(missing[0], f"Missing required parameter: '{missing[0]}'.")
         return JSONResponse(file_object(stored))
 
     async def list(self, request: Request) -> Response:
@@ -169,7 +176,7 @@ def _path_id(request: Request) -> str:
     return str(request.path_params["file_id"])
 
 
-def _too_large(limit: int) -> Exception:
+def _too_large(limit: int) -> DomainError:
     return invalid(
         "file",
         f"The file is larger than this gateway accepts for a batch ({limit} bytes).",
@@ -177,46 +184,17 @@ def _too_large(limit: int) -> Exception:
     )
 
 
-async def _read_form(request: Request, limit: int) -> Any:
-    try:
-        # Counted as it streams in (a chunked body has no Content-Length); the file part is
-        # spooled to a temporary file by the parser, not held in memory.
-        return await capped(request, limit + _FRAMING).form(
-            max_files=1, max_fields=10, max_part_size=1024 * 1024
-        )
-    except BodyTooLarge:
-        raise _too_large(limit) from None
-    except ClientDisconnect:
-        raise ClientGone() from None
-    except Exception as exc:  # malformed multipart: python-multipart raises several types
-        detail = str(getattr(exc, "detail", "") or exc)
-        raise invalid(None, f"Could not read the multipart body: {detail}") from None
-
-
-def _checked_form(form: Any) -> UploadFile:
-    """The uploaded file, after the form's fields are checked (400s naming them)."""
-    for name in form:
-        if name not in _FORM_FIELDS:
-            raise invalid(name, f"Unrecognized request argument supplied: {name}")
-    purpose = form.get("purpose")
-    if purpose is None:
-        raise invalid("purpose", "Missing required parameter: 'purpose'.")
-    if purpose != "batch":
+def _check_field(name: str, value: str) -> None:
+    """A text field of the upload, as soon as it has arrived (before the file is stored)."""
+    if name not in _FORM_FIELDS or name == "file":
+        raise invalid(name, f"Unrecognized request argument supplied: {name}")
+    if value != "batch":
         raise invalid(
             "purpose",
             "This gateway stores files for batches only: 'purpose' must be 'batch', got "
-            f"{str(purpose)[:40]!r}.",
+            f"{value[:40]!r}.",
         )
-    upload = form.get("file")
-    if not isinstance(upload, UploadFile):
-        raise invalid("file", "Missing required parameter: 'file' (a file part).")
-    return upload
 
 
-async def _chunks(upload: UploadFile, limit: int) -> AsyncIterator[bytes]:
-    seen = 0
-    while chunk := await upload.read(_READ):
-        seen += len(chunk)
-        if seen > limit:
-            raise _too_large(limit)  # the store keeps nothing of a failed put
-        yield chunk
+def _given(form: StreamedForm, name: str) -> bool:
+    return form.saw_file if name == "file" else name in form.fields
