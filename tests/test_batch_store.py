@@ -108,6 +108,9 @@ async def test_batches_update_lines_and_claims(store: Any, make_store: Callable[
     b = await store.get_batch("batch_1")
     assert (b.completed, b.failed) == (1, 1)
     assert [r async for r in store.outcomes("batch_1", ok=True)] == ["r2"]
+    # Paging past a line, and counting by status.
+    assert [ln.index for ln in await store.pending_lines("batch_1", limit=9, after=2)] == [3]
+    assert await store.status_counts() == {"in_progress": 1, "completed": 1}
     other = make_store()
     await other.start()
     try:
@@ -122,6 +125,11 @@ async def test_batches_update_lines_and_claims(store: Any, make_store: Callable[
         assert (await store.claim_batch("r1", lease_seconds=30)).id == "batch_1"
     finally:
         await other.aclose()
+    # Once its files hold them, a batch's lines go; the batch and its counts stay.
+    await store.drop_lines("batch_1")
+    assert await store.pending_lines("batch_1", limit=9) == []
+    assert [r async for r in store.outcomes("batch_1", ok=False)] == []
+    assert (await store.get_batch("batch_1")).failed == 1
 
 
 async def test_data_survives_reopening_and_concurrent_finishes(

@@ -138,6 +138,11 @@ def test_a_generations_batch_with_good_and_bad_lines(fake, gateway_factory, tmp_
     prompts = [c.json["prompt"] for c in fake.generation_calls()]
     assert sorted(prompts) == sorted(["a red fox", "a refused one", "a blue whale"])
 
+    # The lines went with the batch's end: the files hold them, nothing is stored twice.
+    with sqlite3.connect(tmp_path / "state" / "batches.sqlite3") as db:
+        kept = db.execute("SELECT count(*) FROM lines WHERE batch_id = ?", (done.id,)).fetchone()
+    assert kept == (0,)
+
     # The files are the owner's, listed as OpenAI lists them.
     output_file = client.files.retrieve(done.output_file_id)
     assert output_file.purpose == "batch_output"

@@ -53,6 +53,9 @@ async def finish(
     if await store.update_batch(fresh.id, update) is not None:
         metrics.batches.labels(end).inc()
         log.info("batch %s: %s", fresh.id, end)
+        # The files hold every outcome now: the lines (bodies with their images, answers
+        # with theirs) would only be stored twice.
+        await store.drop_lines(fresh.id)
 
 
 async def error_lines(store: BatchStore, record: BatchRecord, end: str) -> AsyncIterator[str]:

@@ -298,6 +298,9 @@ class PostgresBatchStore:
             )
         return True
 
+    async def drop_lines(self, batch_id: str) -> None:
+        await self._db.execute("DELETE FROM lines WHERE batch_id = $1", batch_id)
+
     async def outcomes(self, batch_id: str, *, ok: bool) -> AsyncIterator[str]:
         state, last = ("done" if ok else "failed"), 0
         while True:

@@ -240,6 +240,7 @@ class BatchRunner:
         moved = await self._store.update_batch(record.id, update)
         if moved is not None:
             self._metrics.batches.labels("failed").inc()
+            await self._store.drop_lines(record.id)  # those stored before a bad one
             return moved
         return await self._store.get_batch(record.id)
 

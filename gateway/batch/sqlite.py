@@ -299,6 +299,10 @@ class SQLiteBatchStore:
 
         return await self._run(lambda c: self._write(c, finish))
 
+    async def drop_lines(self, batch_id: str) -> None:
+        sql = "DELETE FROM lines WHERE batch_id = ?"
+        await self._run(lambda c: self._write(c, lambda c: c.execute(sql, (batch_id,))))
+
     async def outcomes(self, batch_id: str, *, ok: bool) -> AsyncIterator[str]:
         state, last = ("done" if ok else "failed"), 0
         while True:

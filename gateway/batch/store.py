@@ -185,6 +185,9 @@ class BatchStore(Protocol):
         """Record a line's outcome and count it in the batch's completed / failed, in one
         transaction; False (and nothing changed) when the line already had one."""
 
+    async def drop_lines(self, batch_id: str) -> None:
+        """Forget a finished batch's lines (its output and error files hold them now)."""
+
     def outcomes(self, batch_id: str, *, ok: bool) -> AsyncIterator[str]:
         """The recorded outcomes of one kind, in input order, as JSON text lines."""
 
