@@ -293,3 +293,36 @@ def print_table(r: dict[str, Any]) -> None:
         f"  {'during / idle':<28} {'':>5} {r['p50_ratio_during_to_idle']!s:>8} "
         f"{r['p95_ratio_during_to_idle']!s:>8}"
     )
+
+
+def verdicts(r: dict[str, Any]) -> list[run.Verdict]:
+    """The issue's targets: every line answered, and interactive latency while a batch
+    runs within a small margin (10%) of the idle figure."""
+    lines = r["batch_lines"]
+    out = []
+    for key, what in (("batch_alone", "alone"), ("batch_during_interactive", "with interactive")):
+        run_ = r[key]
+        out.append(
+            run.Verdict(
+                "batch",
+                f"lines answered, batch {what}",
+                run_["ok_lines"],
+                f"== {lines}",
+                "met" if run_["ok_lines"] == lines else "NOT MET",
+                f"{run_['lines_per_s']} lines/s",
+            )
+        )
+    for q in ("p50", "p95"):
+        ratio = r[f"{q}_ratio_during_to_idle"]
+        during = r["interactive"]["during_batch"][f"{q}_ms"]
+        out.append(
+            run.Verdict(
+                "batch",
+                f"interactive {q} during a batch / idle",
+                ratio if ratio is not None else "n/a",
+                "<= 1.10",
+                "met" if ratio is not None and ratio <= 1.10 else "NOT MET",
+                f"{during} ms during the batch",
+            )
+        )
+    return out
