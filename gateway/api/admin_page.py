@@ -30,6 +30,10 @@ _COLOURS = {
     "benched": "#cf222e",
     "broken": "#cf222e",
     "panic": "#8250df",
+    # A batch's statuses on its way (the page lists no finished batch).
+    "in_progress": "#0969da",
+    "finalizing": "#0969da",
+    "cancelling": "#9a6700",
 }
 _REFRESH_SECONDS = 10
 
@@ -121,7 +125,9 @@ def _seconds(value: float | None) -> str:
         return '<span class="muted">-</span>'
     if value < 120:
         return f"{value:.0f} s"
-    return f"{value / 60:.0f} min"
+    if value < 7200:
+        return f"{value / 60:.0f} min"
+    return f"{value / 3600:.1f} h"
 
 
 def _bar(used: float, limit: float | None, shown: str) -> str:
