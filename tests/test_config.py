@@ -840,3 +840,21 @@ def test_access_log_setting() -> None:
     assert parse_config({"server": {"access_log": True}}, {}).server.access_log is True
     with pytest.raises(ConfigError, match=r"^server\.access_log:"):
         parse_config({"server": {"access_log": "yes"}}, {})
+
+
+def test_the_batch_store_settings() -> None:
+    url = "postgresql://gateway:pw-secret-123@db:5432/gateway"
+    assert parse_config({}, {}).state.database_url is None
+    assert parse_config({}, {"GATEWAY_DATABASE_URL": url}).state.database_url == url
+    # The file's own setting wins over the environment's.
+    mine = "postgres://other@db2/gw"
+    named = parse_config({"state": {"database_url": mine}}, {"GATEWAY_DATABASE_URL": url})
+    assert named.state.database_url == mine
+    # Its password is a secret: scrubbed from logs like tokens and keys.
+    assert "pw-secret-123" in parse_config({"state": {"database_url": url}}, {}).secrets()
+    with pytest.raises(ConfigError, match=r"^state\.database_url:"):
+        parse_config({"state": {"database_url": "mysql://db/gw"}}, {})
+    for name, bad in (("concurrency", 0), ("claim_seconds", 0), ("max_lines", 0)):
+        with pytest.raises(ConfigError, match=rf"^batch\.{name}:"):
+            parse_config({"batch": {name: bad}}, {})
+    assert parse_config({"batch": {"concurrency": 2}}, {}).batch.concurrency == 2
