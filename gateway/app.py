@@ -25,14 +25,14 @@ from .api.batch_lines import LineRunner
 from .api.batches import BatchEndpoints
 from .api.catalog import ModelEndpoints
 from .api.errors import INTERNAL, OpenAIError, openai_error
-from .api.files import FileEndpoints
+from .api.files import FileEndpoints, guarded
 from .api.images import ImageEndpoints
 from .api.middleware import RequestIdMiddleware, ShutdownMiddleware
 from .api.openapi import openapi_document
 from .api.operations import OperationEndpoints
 from .api.responses import error_response
 from .batch.metrics import BatchMetrics
-from .batch.open import open_store
+from .batch.open import StoreKeeper, open_store
 from .batch.runner import BatchRunner
 from .batch.store import BatchStore
 from .cache import ImageCache
@@ -212,16 +212,19 @@ def create_app(config: Config, *, bind_host: str = "127.0.0.1") -> Starlette:
     )
     catalog = ModelEndpoints(config, pool, gateway.auth)
     batch_store = open_store(config)
+    keeper = (
+        StoreKeeper(batch_store, remote=bool(config.state.database_url)) if batch_store else None
+    )
     # Links to images the gateway hosts in a batch's answers need its address: the public
     # one, else the one the batch's creator used on this replica.
     public = config.server.public_base_url
     runner = _batch_runner(gateway, batch_store, shutdown, lambda: public or batches.base_url)
-    files = FileEndpoints(batch_store, gateway.auth, config.admin.key, config.batch)
+    files = FileEndpoints(keeper, gateway.auth, config.admin.key, config.batch)
     batches = BatchEndpoints(
-        batch_store, gateway.auth, config.admin.key, runner.wake if runner else lambda: None
+        keeper, gateway.auth, config.admin.key, runner.wake if runner else lambda: None
     )
     ops = OperationEndpoints(
-        config, pool, gateway.limiter, store, metrics.registry, batch_store=batch_store
+        config, pool, gateway.limiter, store, metrics.registry, batch_keeper=keeper
     )
     document = openapi_document(config)
 
@@ -230,9 +233,8 @@ def create_app(config: Config, *, bind_host: str = "127.0.0.1") -> Starlette:
         _announce(config)
         shutdown.bind(asyncio.get_running_loop())
         await gateway.start()
-        if batch_store is not None and runner is not None:
-            await batch_store.start()
-            runner.start()
+        if keeper is not None and runner is not None:
+            await keeper.start(on_ready=runner.start)  # a server not up yet: retried
         metrics_server = None
         if config.server.metrics_port is not None:
             host = config.server.metrics_host or bind_host
@@ -246,9 +248,9 @@ def create_app(config: Config, *, bind_host: str = "127.0.0.1") -> Starlette:
             if metrics_server is not None:
                 metrics_server.shutdown()
                 metrics_server.server_close()
-            if batch_store is not None and runner is not None:
+            if keeper is not None and runner is not None:
                 await runner.aclose()  # the running lines finish (or meet the cutoff)
-                await batch_store.aclose()
+                await keeper.aclose()
             await gateway.aclose()
 
     async def openapi(request: Request) -> Response:
@@ -258,15 +260,15 @@ def create_app(config: Config, *, bind_host: str = "127.0.0.1") -> Starlette:
         Route("/v1/images/generations", images.generations, methods=["POST"]),
         Route("/v1/images/edits", images.edits, methods=["POST"]),
         Route("/v1/images/store/{name}", ops.stored_image, methods=["GET"]),
-        Route("/v1/files", files.create, methods=["POST"]),
-        Route("/v1/files", files.list, methods=["GET"]),
-        Route("/v1/files/{file_id}", files.retrieve, methods=["GET"]),
-        Route("/v1/files/{file_id}", files.delete, methods=["DELETE"]),
-        Route("/v1/files/{file_id}/content", files.content, methods=["GET"]),
-        Route("/v1/batches", batches.create, methods=["POST"]),
-        Route("/v1/batches", batches.list, methods=["GET"]),
-        Route("/v1/batches/{batch_id}", batches.retrieve, methods=["GET"]),
-        Route("/v1/batches/{batch_id}/cancel", batches.cancel, methods=["POST"]),
+        Route("/v1/files", guarded(files.create, keeper), methods=["POST"]),
+        Route("/v1/files", guarded(files.list, keeper), methods=["GET"]),
+        Route("/v1/files/{file_id}", guarded(files.retrieve, keeper), methods=["GET"]),
+        Route("/v1/files/{file_id}", guarded(files.delete, keeper), methods=["DELETE"]),
+        Route("/v1/files/{file_id}/content", guarded(files.content, keeper), methods=["GET"]),
+        Route("/v1/batches", guarded(batches.create, keeper), methods=["POST"]),
+        Route("/v1/batches", guarded(batches.list, keeper), methods=["GET"]),
+        Route("/v1/batches/{batch_id}", guarded(batches.retrieve, keeper), methods=["GET"]),
+        Route("/v1/batches/{batch_id}/cancel", guarded(batches.cancel, keeper), methods=["POST"]),
         Route("/v1/models", catalog.models, methods=["GET"]),
         Route("/v1/models/{model:path}", catalog.model, methods=["GET"]),
         Route("/healthz", ops.healthz, methods=["GET"]),

@@ -163,6 +163,16 @@ class Forbidden(DomainError):
     belongs to a client)."""
 
 
+class StoreUnavailable(DomainError):
+    """The Batch API's store (a PostgreSQL server) cannot be reached just now."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The batch store cannot be reached just now; retry in a few seconds (image "
+            "requests are not affected)."
+        )
+
+
 class Conflict(DomainError):
     """The thing named is not in a state that allows this (cancelling a finished batch)."""
 

@@ -30,6 +30,7 @@ from gateway.errors import (
     PartialResult,
     SharedFlightFailed,
     ShuttingDown,
+    StoreUnavailable,
     Unauthenticated,
     from_wire,
     to_wire,
@@ -110,6 +111,14 @@ ROWS: list[tuple[DomainError, int, str, str | None, str | None, dict[str, str]]]
     (NotFound("gone"), 404, "invalid_request_error", "not_found", None, {}),
     (Forbidden("not yours"), 403, "invalid_request_error", "forbidden", None, {}),
     (Conflict("done already"), 409, "invalid_request_error", "conflict", None, {}),
+    (
+        StoreUnavailable(),
+        503,
+        "server_error",
+        "batch_store_unavailable",
+        None,
+        {"retry-after": "5"},
+    ),
     (
         NoCapacity("cooling", retry_after=7, rate_limited=True),
         429,

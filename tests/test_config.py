@@ -108,8 +108,9 @@ def test_parse_config_shipped_configmap_parses() -> None:
 
     path = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes" / "configmap.yaml"
     text = yaml.safe_load(path.read_text())["data"]["config.toml"]
-    # The ConfigMap's redis_url carries the Redis password from the Secret.
-    config = parse(text, {**EXAMPLE_ENV, "REDIS_PASSWORD": "redis0123456789"})
+    # The ConfigMap's redis_url and database_url carry passwords from the Secret.
+    env = {**EXAMPLE_ENV, "REDIS_PASSWORD": "redis0123456789", "POSTGRES_PASSWORD": "pg0123456789"}
+    config = parse(text, env)
     assert {u.type for u in config.upstreams} <= {"acedata", "xhuoapi", "defapi"}
     assert all(t in EXAMPLE_ENV.values() for u in config.upstreams for t in u.tokens)
 

@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 
 from ..admission.clients import ClientAuth
 from ..batch.objects import batch_object, list_object
+from ..batch.open import StoreKeeper
 from ..batch.records import batch_id
 from ..batch.store import BatchRecord, BatchStore, Update
 from ..errors import Conflict, Forbidden, NotFound, invalid
@@ -76,17 +77,17 @@ def check_create(data: Mapping[str, Any]) -> tuple[str, str, str, dict[str, str]
 
 
 class BatchEndpoints:
-    """/v1/batches over the batch store (None: the Batch API is off). `wake` tells the
+    """/v1/batches over the batch store (no keeper: the Batch API is off). `wake` tells the
     runner there is news (a batch created or cancelled)."""
 
     def __init__(
         self,
-        store: BatchStore | None,
+        keeper: StoreKeeper | None,
         auth: ClientAuth,
         admin_key: str | None,
         wake: Callable[[], None],
     ) -> None:
-        self._store = store
+        self._keeper = keeper
         self._auth = auth
         self._admin_key = admin_key
         self._wake = wake
@@ -95,7 +96,7 @@ class BatchEndpoints:
         self.base_url = "http://127.0.0.1"
 
     def _ready(self, request: Request) -> tuple[BatchStore, str | None]:
-        return ready(self._store, request, self._auth, self._admin_key)
+        return ready(self._keeper, request, self._auth, self._admin_key)
 
     async def _owned(self, store: BatchStore, request: Request, owner: str | None) -> BatchRecord:
         found_id = str(request.path_params["batch_id"])

@@ -37,6 +37,7 @@ from ..errors import (
     PartialResult,
     SharedFlightFailed,
     ShuttingDown,
+    StoreUnavailable,
     Unauthenticated,
     scrub,
 )
@@ -230,6 +231,7 @@ _TABLE: dict[type[DomainError], Callable[[Any], OpenAIError]] = {
     NotFound: lambda e: OpenAIError(404, e.message, code="not_found"),
     Forbidden: lambda e: OpenAIError(403, e.message, code="forbidden"),
     Conflict: lambda e: OpenAIError(409, e.message, code="conflict"),
+    StoreUnavailable: _server(503, "batch_store_unavailable", {"retry-after": "5"}),
     NoCapacity: _no_capacity,
     CapacityTimeout: _server(504, "upstream_timeout", _NO_RETRY),
     ShuttingDown: lambda e: OpenAIError(

@@ -14,22 +14,26 @@ a time, a download is read from the store a chunk at a time.
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..admission.clients import ClientAuth
 from ..batch.objects import file_object, list_object
+from ..batch.open import StoreKeeper
 from ..batch.records import file_id
 from ..batch.store import BatchStore, FileRecord
 from ..config.state import BatchConfig
-from ..errors import ClientGone, DomainError, Forbidden, NotFound, invalid
+from ..errors import ClientGone, DomainError, Forbidden, NotFound, StoreUnavailable, invalid
 from ..http import declared_too_large
 from .auth import owner_of
 from .upload import StreamedForm
 
+log = logging.getLogger("gateway.batch")
+Handler = Callable[[Request], Awaitable[Response]]
 _FORM_FIELDS = frozenset({"purpose", "file"})
 # Room for the multipart framing and the purpose field around the file itself.
 _FRAMING = 64 * 1024
@@ -43,14 +47,30 @@ def batch_api_off() -> NotFound:
 
 
 def ready(
-    store: BatchStore | None, request: Request, auth: ClientAuth, admin_key: str | None
+    keeper: StoreKeeper | None, request: Request, auth: ClientAuth, admin_key: str | None
 ) -> tuple[BatchStore, str | None]:
     """The store and whom the call acts for (None: the admin key); 401 for a bad key, then
-    404 when the Batch API is off."""
+    404 when the Batch API is off, 503 while its store has not been reached."""
     owner = owner_of(request, auth, admin_key)
-    if store is None:
+    if keeper is None:
         raise batch_api_off()
-    return store, owner
+    if not keeper.ready:
+        raise StoreUnavailable()
+    return keeper.store, owner
+
+
+def guarded(handler: Handler, keeper: StoreKeeper | None) -> Handler:
+    """The handler, with its store's outage errors answered as a 503 (not a 500)."""
+    down = keeper.store.down_errors if keeper is not None else ()
+
+    async def call(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except down as exc:
+            log.warning("batch store unavailable: %s", type(exc).__name__)
+            raise StoreUnavailable() from None
+
+    return call
 
 
 def query_limit(request: Request, default: int, most: int) -> int:
@@ -68,18 +88,22 @@ def query_limit(request: Request, default: int, most: int) -> int:
 
 
 class FileEndpoints:
-    """/v1/files over the batch store (None: the Batch API is off)."""
+    """/v1/files over the batch store (no keeper: the Batch API is off)."""
 
     def __init__(
-        self, store: BatchStore | None, auth: ClientAuth, admin_key: str | None, config: BatchConfig
+        self,
+        keeper: StoreKeeper | None,
+        auth: ClientAuth,
+        admin_key: str | None,
+        config: BatchConfig,
     ) -> None:
-        self._store = store
+        self._keeper = keeper
         self._auth = auth
         self._admin_key = admin_key
         self._config = config
 
     def _ready(self, request: Request) -> tuple[BatchStore, str | None]:
-        return ready(self._store, request, self._auth, self._admin_key)
+        return ready(self._keeper, request, self._auth, self._admin_key)
 
     async def owned(self, store: BatchStore, file_id: str, owner: str | None) -> FileRecord:
         """The file if the caller may see it; NotFound as for an id nobody has otherwise."""

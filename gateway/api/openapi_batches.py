@@ -23,6 +23,7 @@ _TEXT = {
     404: "No such file or batch for this key, or the Batch API is off (no durable state).",
     409: "The batch is past the point where it can be cancelled.",
     413: "The request body is too large.",
+    503: "The batch store (PostgreSQL) cannot be reached just now; see `retry-after`.",
 }
 _STATUSES = list(STATUSES)
 _ENDPOINTS = list(ENDPOINTS)
@@ -55,7 +56,7 @@ def _op(
         **more,
         "responses": {
             "200": {"description": "OK", "headers": _REQUEST_ID, "content": ok},
-            **_errors(*sorted({*errors, *unauthorized, 404})),
+            **_errors(*sorted({*errors, *unauthorized, 404, 503})),
         },
     }
 

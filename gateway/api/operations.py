@@ -13,9 +13,10 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from ..admission.limits import Limiter
 from ..batch.objects import batch_object
-from ..batch.store import ACTIVE, BatchRecord, BatchStore
+from ..batch.open import StoreKeeper
+from ..batch.store import ACTIVE, BatchRecord
 from ..config import Config
-from ..errors import NotFound
+from ..errors import NotFound, StoreUnavailable
 from ..pool import Pool, UpstreamView
 from ..shape.store import ImageStore
 from .admin_page import cache_stats, render_page
@@ -50,14 +51,14 @@ class OperationEndpoints:
         store: ImageStore,
         registry: CollectorRegistry,
         *,
-        batch_store: BatchStore | None = None,
+        batch_keeper: StoreKeeper | None = None,
     ) -> None:
         self._config = config
         self._pool = pool
         self._limiter = limiter
         self._store = store
         self._registry = registry
-        self._batches = batch_store
+        self._batches = batch_keeper
 
     async def healthz(self, request: Request) -> Response:
         """GET /healthz: the process is up."""
@@ -123,7 +124,7 @@ class OperationEndpoints:
             self._config.clients,
             cache_stats(self._registry),
             mock=self._config.mock_only,
-            batches=await self._running_batches(),
+            batches=await self._batches_for_page(),
         )
         return HTMLResponse(page, headers={"cache-control": "no-store"})
 
@@ -133,13 +134,27 @@ class OperationEndpoints:
         running = await self._running_batches()
         return JSONResponse({"batches": [batch_object(r) for r in running or ()]})
 
+    async def _batches_for_page(self) -> list[BatchRecord] | None:
+        """As _running_batches; None (no section) while the store is out of reach: the
+        rest of the page is still worth seeing."""
+        try:
+            return await self._running_batches()
+        except StoreUnavailable:
+            return None
+
     async def _running_batches(self) -> list[BatchRecord] | None:
         """Batches still at work, newest first (None: the Batch API is off). Read from the
         newest RECENT batches: older ones still running show on /v1/batches with the
         admin key."""
-        if self._batches is None:
+        keeper = self._batches
+        if keeper is None:
             return None
-        page = await self._batches.list_batches(None, after=None, limit=_RECENT)
+        if not keeper.ready:
+            raise StoreUnavailable()
+        try:
+            page = await keeper.store.list_batches(None, after=None, limit=_RECENT)
+        except keeper.store.down_errors:
+            raise StoreUnavailable() from None
         return [r for r in page.items if r.status in ACTIVE]
 
     async def stored_image(self, request: Request) -> Response:

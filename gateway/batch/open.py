@@ -1,10 +1,26 @@
-"""Which store the Batch API keeps its state in, from the configuration."""
+"""Which store the Batch API keeps its state in, from the configuration; and keeping it
+open when it is a server that may not be up yet.
+
+A PostgreSQL that cannot be reached at start must not keep the gateway from serving
+images: the keeper logs it, tries again every few seconds, and the Batch API answers 503
+until it is in. A state directory that cannot be used is a configuration error, as for
+the day book: the start fails naming the setting.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
 
 from ..config import Config
 from ..state.daybook import open_state_dir
 from .store import BatchStore
+
+log = logging.getLogger("gateway.batch")
+
+RETRY_SECONDS = 5.0
 
 
 def open_store(config: Config) -> BatchStore | None:
@@ -21,3 +37,48 @@ def open_store(config: Config) -> BatchStore | None:
     from .sqlite import SQLiteBatchStore
 
     return SQLiteBatchStore(directory)
+
+
+class StoreKeeper:
+    """Starts the store; for a server (`remote`), keeps trying until it answers, then
+    calls `on_ready` (the runner starts there)."""
+
+    def __init__(self, store: BatchStore, *, remote: bool, retry_seconds: float = RETRY_SECONDS):
+        self.store = store
+        self.ready = False
+        self._remote = remote
+        self._retry_seconds = retry_seconds
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, on_ready: Callable[[], None]) -> None:
+        try:
+            await self.store.start()
+        except Exception as exc:
+            if not self._remote:
+                raise
+            log.error("Batch API unavailable until its store answers: %s", exc)
+            self._task = asyncio.create_task(self._retry(on_ready), name="batch-store-open")
+            return
+        self.ready = True
+        on_ready()
+
+    async def _retry(self, on_ready: Callable[[], None]) -> None:
+        while True:
+            await asyncio.sleep(self._retry_seconds)
+            try:
+                await self.store.start()
+            except Exception as exc:
+                log.warning("batch store still unavailable: %s", exc)
+                continue
+            log.info("batch store reached: the Batch API is on")
+            self.ready = True
+            on_ready()
+            return
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.ready:
+            await self.store.aclose()

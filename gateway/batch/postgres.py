@@ -86,6 +86,17 @@ def _shown(url: str) -> str:
 class PostgresBatchStore:
     """BatchStore in the PostgreSQL database at `url`."""
 
+    # What a call raises while the server is away (the API answers 503 for these).
+    down_errors: tuple[type[BaseException], ...] = (
+        OSError,
+        TimeoutError,
+        asyncpg.exceptions.InterfaceError,
+        asyncpg.exceptions.PostgresConnectionError,
+        asyncpg.exceptions.CannotConnectNowError,
+        asyncpg.exceptions.TooManyConnectionsError,
+        asyncpg.exceptions.InternalClientError,  # a connection lost in the middle of a call
+    )
+
     def __init__(self, url: str) -> None:
         self._url = url
         self._pool: asyncpg.Pool | None = None

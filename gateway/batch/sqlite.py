@@ -112,6 +112,9 @@ def _connect(path: Path) -> sqlite3.Connection:
 class SQLiteBatchStore:
     """BatchStore in `<directory>/batches.sqlite3` and `<directory>/files/`."""
 
+    # A local file: a failure is a fault to see (a 500 with its traceback), not an outage.
+    down_errors: tuple[type[BaseException], ...] = ()
+
     def __init__(self, directory: Path) -> None:
         self._dir = Path(directory)
         self._files = self._dir / FILES_DIR

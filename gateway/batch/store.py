@@ -134,6 +134,9 @@ class Update:
 class BatchStore(Protocol):
     """The durable state of the Batch API; see the module's doc for the claim rules."""
 
+    # The exceptions a call raises while the store is out of reach (a server away).
+    down_errors: tuple[type[BaseException], ...]
+
     async def start(self) -> None:
         """Open (and migrate) the database; raises StateDirError / ConfigError naming the
         setting when it cannot be used."""

@@ -116,6 +116,17 @@ class PostgresServer:
         self._psql("postgres", f"CREATE DATABASE {name}")
         return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
 
+    @property
+    def url(self) -> str:
+        """The server's own `postgres` database (known before the server starts)."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def crash(self) -> None:
+        """The server dies at once, as in a crash (stop() still cleans up)."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait(timeout=10)
+
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()  # SIGTERM: smart shutdown
