@@ -52,6 +52,7 @@ def _one(settings: run.Settings, tmp: Path, n: int) -> dict[str, Any]:
             out[name] = {
                 "ok": r.load["ok"],
                 "failed": r.load["failed"],
+                "outcomes": r.load["outcomes"],  # what the failed ones met, by kind
                 "added_p99_ms": None if p99 is None else round(p99 - LATENCY_S * 1000, 1),
                 "peak_rss_mib": round(peak, 1),
                 "kib_per_waiting_request": round((peak - idle) * 1024 / n, 1),

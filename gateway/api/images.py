@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from ..errors import DomainError
@@ -24,6 +24,7 @@ from .headers import allow_partial, policy_for
 from .responses import (
     DONE,
     KEEPALIVE,
+    ImagesJSONResponse,
     PartsResponse,
     completed_event,
     error_event,
@@ -96,7 +97,7 @@ class ImageEndpoints:
                 images_b64_parts(result, answer.output),
                 headers=result_headers(result, answer.output),
             )
-        return JSONResponse(
+        return ImagesJSONResponse(
             # The base URL is only built when the gateway hosts an image.
             images_body(result, answer.output, self._store, lambda: str(request.base_url)),
             headers=result_headers(result, answer.output),

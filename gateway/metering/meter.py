@@ -29,7 +29,7 @@ FREE = ("hit", "coalesced")
 CLIENT_CLOSED = 499
 
 
-@dataclass
+@dataclass(slots=True)  # held by every waiting request: 160 bytes, with a dict 352
 class Record:
     """What one request will be metered as, filled in by the pipeline as it goes."""
 

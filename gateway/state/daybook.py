@@ -1,12 +1,12 @@
 """Each client's usage of the current UTC day, in a small SQLite file in the state directory,
 so that one gateway process without Redis does not forget it on restart. The event loop never
-waits on the disk: add() only queues, and one writer thread commits whatever has piled up in
-one transaction, so a burst of requests costs one commit."""
+waits on the disk: add() only sums into a dict (a queue item per request cost 6.5-7 us of
+CPU between add() and the writer thread; this costs 0.6), and one writer thread commits
+whatever has piled up in one transaction, so a burst of requests costs one commit."""
 
 from __future__ import annotations
 
 import logging
-import queue
 import sqlite3
 import threading
 import time
@@ -65,15 +65,16 @@ class DayUsage:
     cost: float = 0.0
 
 
-_Item = tuple[str, str, int, int, float] | threading.Event | None  # None: stop
-
-
 class DayBook:
     """Per-client usage of each UTC day, in `<dir>/gateway.sqlite3` (file name: DB_FILE)."""
 
     def __init__(self, directory: Path | None) -> None:
         self._path = directory / DB_FILE if directory is not None else None
-        self._queue: queue.Queue[_Item] = queue.Queue()
+        # What the writer has still to commit, by (day, client); flushes waiting for it.
+        self._pending: dict[tuple[str, str], DayUsage] = {}
+        self._waiting: list[threading.Event] = []
+        self._stopping = False
+        self._wake = threading.Event()  # set when there is something for the writer
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closed = directory is None
@@ -144,7 +145,14 @@ class DayBook:
                     target=self._run, args=(self._conn,), name="daybook", daemon=True
                 )
                 self._thread.start()
-            self._queue.put((day, client, requests, images, cost))
+            if not self._pending:
+                self._wake.set()  # the first of a batch: later ones ride along
+            usage = self._pending.get((day, client))
+            if usage is None:
+                usage = self._pending[(day, client)] = DayUsage()
+            usage.requests += requests
+            usage.images += images
+            usage.cost += cost
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Block until everything add()ed before the call is committed. False on timeout, or
@@ -153,7 +161,8 @@ class DayBook:
         with self._lock:
             if self._thread is None or self._closed:
                 return not self._failed
-            self._queue.put(done)
+            self._waiting.append(done)
+            self._wake.set()
         return done.wait(timeout) and not self._failed
 
     def close(self) -> None:
@@ -164,7 +173,8 @@ class DayBook:
             if conn is None:  # memory only, or closed already
                 return
             if thread is not None:
-                self._queue.put(None)
+                self._stopping = True
+                self._wake.set()
         if thread is None:
             conn.close()
         else:
@@ -173,26 +183,18 @@ class DayBook:
     def _run(self, conn: sqlite3.Connection) -> None:
         stopping = False
         while not stopping:
-            items = [self._queue.get()]
-            if isinstance(items[0], tuple):
+            self._wake.wait()
+            with self._lock:
+                hurried = bool(self._waiting) or self._stopping
+            if not hurried:
                 # Let a burst pile up: at most ~20 commits a second however busy the gateway
                 # is (a SIGKILL loses at most this long of counts).
                 time.sleep(_GATHER_SECONDS)
-            while not self._queue.empty():  # the only consumer: get_nowait() cannot fail
-                items.append(self._queue.get_nowait())
-            sums: dict[tuple[str, str], DayUsage] = {}
-            waiting: list[threading.Event] = []
-            for item in items:
-                if item is None:
-                    stopping = True
-                elif isinstance(item, threading.Event):
-                    waiting.append(item)
-                else:
-                    day, client, requests, images, cost = item
-                    usage = sums.setdefault((day, client), DayUsage())
-                    usage.requests += requests
-                    usage.images += images
-                    usage.cost += cost
+            with self._lock:
+                self._wake.clear()
+                sums, self._pending = self._pending, {}
+                waiting, self._waiting = self._waiting, []
+                stopping = self._stopping
             self._write(conn, sums)
             for event in waiting:
                 event.set()
