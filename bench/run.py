@@ -903,6 +903,10 @@ def verdicts(results: dict[str, Any], settings: Settings) -> list[Verdict]:
         import waits
 
         out.extend(waits.verdicts(results["waits"]))
+    if "batch" in results:
+        import batch
+
+        out.extend(batch.verdicts(results["batch"]))
     if "big" in results:
         r = results["big"]
         gw = r["gateway"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -129,7 +130,7 @@ class PostgresServer:
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()  # SIGTERM: smart shutdown
+            self._proc.send_signal(signal.SIGINT)  # fast shutdown: clients are cut off
             try:
                 self._proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
