@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..batch.store import STATUSES
+from ..batch.store import STATUSES, TIME_COLUMNS
 from .batch_lines import ENDPOINTS
 
 _ERROR_REF = {"$ref": "#/components/schemas/Error"}
@@ -222,19 +222,7 @@ BATCH_SCHEMAS: dict[str, Any] = {
             "output_file_id": _NULLABLE_TEXT,
             "error_file_id": _NULLABLE_TEXT,
             "created_at": {"type": "integer"},
-            **{
-                name: _NULLABLE_INT
-                for name in (
-                    "in_progress_at",
-                    "expires_at",
-                    "finalizing_at",
-                    "completed_at",
-                    "failed_at",
-                    "expired_at",
-                    "cancelling_at",
-                    "cancelled_at",
-                )
-            },
+            **{name: _NULLABLE_INT for name in ("expires_at", *TIME_COLUMNS)},
             "request_counts": {
                 "type": "object",
                 "required": ["total", "completed", "failed"],
