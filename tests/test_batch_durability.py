@@ -188,15 +188,22 @@ def finished_before(store_kind: str, where: str, batch_id: str) -> set[str]:
     return asyncio.run(read())
 
 
+def launcher(
+    spawn: Callable[..., GatewayProcess], fake: FakeUpstream, state: Path, **config: Any
+) -> Callable[[], GatewayProcess]:
+    """Starts a gateway on `state` each time it is called: the same config (gateway_toml's
+    with `config`) and state directory, as a restart would."""
+    toml = gateway_toml(fake, state, **config)
+    return lambda: spawn(toml, {"GATEWAY_STATE_DIR": str(state)})
+
+
 # ---------------------------------------------------------------- restarts, one process
 
 
 def test_a_sigterm_mid_batch_loses_nothing_and_sends_nothing_twice(spawn, fake_factory, tmp_path):
     fake = fake_factory("acedata", latency=LATENCY)
-    state = tmp_path / "state"
-    toml = gateway_toml(fake, state)
-    env = {"GATEWAY_STATE_DIR": str(state)}
-    first = spawn(toml, env)
+    start = launcher(spawn, fake, tmp_path / "state")
+    first = start()
     data, prompts = batch_input("term", 20)
     batch = submit(first, data)
     assert batch.status in ("validating", "in_progress")
@@ -207,7 +214,7 @@ def test_a_sigterm_mid_batch_loses_nothing_and_sends_nothing_twice(spawn, fake_f
     made_by_first = sum(of_batch(sent(fake), prompts).values())
     assert made_by_first < 20, "the first process ran the whole batch before it stopped"
 
-    second = spawn(toml, env)
+    second = start()
     done = wait_batch(second, batch.id, finished, "the batch after the restart")
     assert done.status == "completed", done
     assert (done.request_counts.total, done.request_counts.completed) == (20, 20)
@@ -223,9 +230,8 @@ def test_a_sigterm_mid_batch_loses_nothing_and_sends_nothing_twice(spawn, fake_f
 def test_a_sigkill_mid_batch_resends_at_most_the_lines_in_flight(spawn, fake_factory, tmp_path):
     fake = fake_factory("acedata", latency=LATENCY)
     state = tmp_path / "state"
-    toml = gateway_toml(fake, state)
-    env = {"GATEWAY_STATE_DIR": str(state)}
-    first = spawn(toml, env)
+    start = launcher(spawn, fake, state)
+    first = start()
     data, prompts = batch_input("kill", 20)
     batch = submit(first, data)
     seen = wait_batch(first, batch.id, completed_at_least(5), "5 lines done before the kill")
@@ -235,7 +241,7 @@ def test_a_sigkill_mid_batch_resends_at_most_the_lines_in_flight(spawn, fake_fac
     assert len(done_before) >= seen.request_counts.completed
     sent_before = of_batch(sent(fake), prompts)
 
-    second = spawn(toml, env)
+    second = start()
     done = wait_batch(second, batch.id, finished, "the batch after the kill")
     assert done.status == "completed", done
     assert (done.request_counts.total, done.request_counts.completed) == (20, 20)
@@ -277,10 +283,7 @@ def test_two_replicas_share_batches_and_take_over_a_dead_ones(
     # Each replica its own upstream token: the fake tells which replica made a call.
     tokens = {"a": "tok-replica-a-0001", "b": "tok-replica-b-0002"}
     procs = {
-        name: spawn(
-            gateway_toml(fake, tmp_path / f"state-{name}", token=tok, database_url=postgres),
-            {"GATEWAY_STATE_DIR": str(tmp_path / f"state-{name}")},
-        )
+        name: launcher(spawn, fake, tmp_path / f"state-{name}", token=tok, database_url=postgres)()
         for name, tok in tokens.items()
     }
     a, b = procs["a"], procs["b"]
@@ -341,10 +344,8 @@ def test_two_replicas_share_batches_and_take_over_a_dead_ones(
 
 def test_a_cancelled_batch_stays_cancelled_across_a_restart(spawn, fake_factory, tmp_path):
     fake = fake_factory("acedata", latency=LATENCY)
-    state = tmp_path / "state"
-    toml = gateway_toml(fake, state)
-    env = {"GATEWAY_STATE_DIR": str(state)}
-    first = spawn(toml, env)
+    start = launcher(spawn, fake, tmp_path / "state")
+    first = start()
     data, prompts = batch_input("cancel", 20)
     batch = submit(first, data)
     wait_batch(first, batch.id, completed_at_least(2), "2 lines done before the cancel")
@@ -359,7 +360,7 @@ def test_a_cancelled_batch_stays_cancelled_across_a_restart(spawn, fake_factory,
     assert made <= at_cancel + CONCURRENCY
     assert sigterm(first) in CLEAN_EXIT
 
-    second = spawn(toml, env)
+    second = start()
     assert sdk(second).batches.retrieve(batch.id).status == "cancelled"
     # A batch created after the restart runs to its end: the runner is at work, and passed
     # the cancelled batch by.
@@ -399,8 +400,7 @@ def test_a_hundred_megabyte_line_fails_the_batch_and_the_gateway_stays_healthy(
     spawn, fake_factory, tmp_path
 ):
     fake = fake_factory("acedata")
-    state = tmp_path / "state"
-    proc = spawn(gateway_toml(fake, state), {"GATEWAY_STATE_DIR": str(state)})
+    proc = launcher(spawn, fake, tmp_path / "state")()
     filler = "x" * (100 * 1024 * 1024)
     data = request_line("huge", filler).encode()
     assert len(data) > 100 * 1024 * 1024  # over the default 20 MiB line limit
@@ -416,9 +416,7 @@ def test_a_hundred_megabyte_line_fails_the_batch_and_the_gateway_stays_healthy(
 
 def test_hostile_files_fail_naming_the_line_without_an_upstream_call(spawn, fake_factory, tmp_path):
     fake = fake_factory("acedata")
-    state = tmp_path / "state"
-    toml = gateway_toml(fake, state, batch="max_file_bytes = 2000000")
-    proc = spawn(toml, {"GATEWAY_STATE_DIR": str(state)})
+    proc = launcher(spawn, fake, tmp_path / "state", batch="max_file_bytes = 2000000")()
 
     # A million empty lines: no request at all, found out quickly.
     started = time.monotonic()
