@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -37,6 +36,7 @@ from ..shape.store import ImageStore
 from ..types import ImageRequest
 from . import parse
 from .errors import openai_error
+from .middleware import new_request_id
 from .responses import images_body
 
 ENDPOINTS: Mapping[str, str] = {
@@ -94,7 +94,7 @@ class LineRunner:
         self._secrets = tuple(secrets)
 
     async def __call__(self, batch: BatchRecord, line: Line) -> Outcome | Retry:
-        request_id = "req_" + secrets.token_hex(12)
+        request_id = new_request_id()
         try:
             request = await asyncio.to_thread(
                 parse_line,

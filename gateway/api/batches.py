@@ -27,7 +27,7 @@ from ..batch.records import batch_id
 from ..batch.store import BatchRecord, BatchStore, Update
 from ..errors import Conflict, Forbidden, NotFound, invalid
 from .batch_lines import ENDPOINTS
-from .files import query_limit, ready
+from .files import query_limit, ready, visible
 from .parse import read_json
 
 WINDOWS = {"24h": 24 * 3600}  # completion_window -> seconds (OpenAI offers 24h only)
@@ -101,8 +101,9 @@ class BatchEndpoints:
     async def _owned(self, store: BatchStore, request: Request, owner: str | None) -> BatchRecord:
         found_id = str(request.path_params["batch_id"])
         record = await store.get_batch(found_id)
-        if record is None or (owner is not None and record.owner != owner):
+        if not visible(record, owner):
             raise NotFound(f"No batch found with id '{found_id}'.")
+        assert record is not None
         return record
 
     async def create(self, request: Request) -> Response:
@@ -112,8 +113,9 @@ class BatchEndpoints:
             raise Forbidden("Batches belong to a client: create them with a client key.")
         input_id, endpoint, window, metadata = check_create(await read_json(request))
         source = await store.get_file(input_id)
-        if source is None or source.owner != owner:
+        if not visible(source, owner):
             raise invalid("input_file_id", f"No such File object: {input_id}")
+        assert source is not None
         if source.purpose != "batch":
             raise invalid(
                 "input_file_id", f"File {input_id} was not uploaded with purpose 'batch'."

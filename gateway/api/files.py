@@ -14,7 +14,6 @@ a time, a download is read from the store a chunk at a time.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -25,14 +24,13 @@ from ..admission.clients import ClientAuth
 from ..batch.objects import file_object, list_object
 from ..batch.open import StoreKeeper
 from ..batch.records import file_id
-from ..batch.store import BatchStore, FileRecord
+from ..batch.store import BatchRecord, BatchStore, FileRecord
 from ..config.state import BatchConfig
-from ..errors import ClientGone, DomainError, Forbidden, NotFound, StoreUnavailable, invalid
+from ..errors import ClientGone, DomainError, Forbidden, NotFound, invalid
 from ..http import declared_too_large
 from .auth import owner_of
 from .upload import StreamedForm
 
-log = logging.getLogger("gateway.batch")
 Handler = Callable[[Request], Awaitable[Response]]
 _FORM_FIELDS = frozenset({"purpose", "file"})
 # Room for the multipart framing and the purpose field around the file itself.
@@ -54,21 +52,24 @@ def ready(
     owner = owner_of(request, auth, admin_key)
     if keeper is None:
         raise batch_api_off()
-    if not keeper.ready:
-        raise StoreUnavailable()
-    return keeper.store, owner
+    return keeper.available(), owner
+
+
+def visible(record: FileRecord | BatchRecord | None, owner: str | None) -> bool:
+    """Whether the caller sees this file or batch: its owner does, the admin key (owner
+    None) sees every one; another client's is as an id nobody has."""
+    return record is not None and (owner is None or record.owner == owner)
 
 
 def guarded(handler: Handler, keeper: StoreKeeper | None) -> Handler:
     """The handler, with its store's outage errors answered as a 503 (not a 500)."""
-    down = keeper.store.down_errors if keeper is not None else ()
+    if keeper is None:
+        return handler
+    reached = keeper.reached
 
     async def call(request: Request) -> Response:
-        try:
+        with reached():
             return await handler(request)
-        except down as exc:
-            log.warning("batch store unavailable: %s", type(exc).__name__)
-            raise StoreUnavailable() from None
 
     return call
 
@@ -108,8 +109,9 @@ class FileEndpoints:
     async def owned(self, store: BatchStore, file_id: str, owner: str | None) -> FileRecord:
         """The file if the caller may see it; NotFound as for an id nobody has otherwise."""
         record = await store.get_file(file_id)
-        if record is None or (owner is not None and record.owner != owner):
+        if not visible(record, owner):
             raise NotFound(f"No such File object: {file_id}")
+        assert record is not None
         return record
 
     async def create(self, request: Request) -> Response:

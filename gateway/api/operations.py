@@ -149,12 +149,9 @@ class OperationEndpoints:
         keeper = self._batches
         if keeper is None:
             return None
-        if not keeper.ready:
-            raise StoreUnavailable()
-        try:
-            page = await keeper.store.list_batches(None, after=None, limit=_RECENT)
-        except keeper.store.down_errors:
-            raise StoreUnavailable() from None
+        store = keeper.available()
+        with keeper.reached():
+            page = await store.list_batches(None, after=None, limit=_RECENT)
         return [r for r in page.items if r.status in ACTIVE]
 
     async def stored_image(self, request: Request) -> Response:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from ..config import Config
+from ..errors import StoreUnavailable
 from ..state.daybook import open_state_dir
 from .store import BatchStore
 
@@ -74,6 +75,22 @@ class StoreKeeper:
             self.ready = True
             on_ready()
             return
+
+    def available(self) -> BatchStore:
+        """The store, or StoreUnavailable (a 503) while it has not been reached."""
+        if not self.ready:
+            raise StoreUnavailable()
+        return self.store
+
+    @contextlib.contextmanager
+    def reached(self) -> Iterator[None]:
+        """Store calls inside: an outage of the store (its down_errors) comes out as
+        StoreUnavailable, not as a driver's exception."""
+        try:
+            yield
+        except self.store.down_errors as exc:
+            log.warning("batch store unavailable: %s", type(exc).__name__)
+            raise StoreUnavailable() from None
 
     async def aclose(self) -> None:
         if self._task is not None:
