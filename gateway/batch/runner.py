@@ -27,6 +27,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from ..config.state import BatchConfig
 from ..shutdown import Shutdown
@@ -90,11 +91,6 @@ class BatchRunner:
     @property
     def stopping(self) -> bool:
         return self._closed or self._shutdown.begun
-
-    @property
-    def owned(self) -> tuple[str, ...]:
-        """The ids of the batches this replica runs now."""
-        return tuple(self._owned)
 
     def start(self) -> None:
         self._wake = asyncio.Event()  # on the serving loop
@@ -294,27 +290,34 @@ class BatchRunner:
     ) -> int:
         """Start lines as slots free up; the index of the last one started."""
         for line in lines:
-            if not await self._slot(lost):
+            slot = await self._slot(lost)
+            if slot == "stop":
                 break
-            # A slot may take a while: a cancel meanwhile stops the batch before this line.
-            fresh = await self._store.get_batch(batch.id)
-            if fresh is None or fresh.status != "in_progress":
-                self._slots += 1
-                break
+            if slot == "waited":
+                # The batch was read before this round; a cancel (from any replica) while
+                # this line waited for its slot stops the batch before the line.
+                fresh = await self._store.get_batch(batch.id)
+                if fresh is None or fresh.status != "in_progress":
+                    self._slots += 1
+                    break
             task = self._start_line(batch, line)
             running.add(task)
             task.add_done_callback(running.discard)
             after = line.index
         return after
 
-    async def _slot(self, lost: asyncio.Event) -> bool:
-        """Wait for a line slot while the pool keeps the interactive headroom free."""
+    async def _slot(self, lost: asyncio.Event) -> Literal["free", "waited", "stop"]:
+        """Take a line slot while the pool keeps the interactive headroom free: at once
+        ("free"), after waiting for one ("waited"), or none ("stop": stopping, or the
+        claim is lost)."""
+        waited = False
         while True:
             if self.stopping or lost.is_set():
-                return False
+                return "stop"
             if self._slots > 0 and self._room() > 0:
                 self._slots -= 1
-                return True
+                return "waited" if waited else "free"
+            waited = True
             await asyncio.sleep(0.05)
 
     def _room(self) -> int:
