@@ -257,8 +257,8 @@ def create_app(config: Config, *, bind_host: str = "127.0.0.1") -> Starlette:
         return JSONResponse(document)
 
     routes = [
-        Route("/v1/images/generations", images.generations, methods=["POST"]),
-        Route("/v1/images/edits", images.edits, methods=["POST"]),
+        Route("/v1/images/generations", images.route("generations"), methods=["POST"]),
+        Route("/v1/images/edits", images.route("edits"), methods=["POST"]),
         Route("/v1/images/store/{name}", ops.stored_image, methods=["GET"]),
         Route("/v1/files", guarded(files.create, keeper), methods=["POST"]),
         Route("/v1/files", guarded(files.list, keeper), methods=["GET"]),

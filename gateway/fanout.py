@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Coroutine, Iterable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Iterable
 
 from .errors import DomainError, ModelUnavailable, PartialResult, scrub
 from .pool import Pool, Run
 from .shape.shaper import Shaper
 from .types import ImagesResult, Job, Output, ProducedImage
 from .upstreams.base import UpstreamError
-
-T = TypeVar("T")
 
 
 def split_count(n: int, per_call: int) -> list[int]:
@@ -92,9 +89,17 @@ class FanOut:
             per_call = self._pool.max_count_per_call(job)
             calls = [job.with_count(c) for c in split_count(missing, per_call)]
             short = False
-            for call, outcome in zip(
-                calls, await _outcomes([self._pool.run(c, deadline) for c in calls]), strict=True
-            ):
+            outcomes: list[Run | DomainError]
+            if len(calls) == 1:
+                # The common case awaited in place: no task, and no coroutine frame more
+                # for a waiting request to hold.
+                try:
+                    outcomes = [await self._pool.run(calls[0], deadline)]
+                except DomainError as exc:
+                    outcomes = [exc]
+            else:
+                outcomes = await _gathered([self._pool.run(c, deadline) for c in calls])
+            for call, outcome in zip(calls, outcomes, strict=True):
                 if isinstance(outcome, DomainError):
                     result.attempts.extend(outcome.attempts)
                     errors.append(self._scrubbed(outcome))
@@ -139,15 +144,9 @@ def _note(result: ImagesResult, run: Run) -> None:
         result.consumed.append(run.result.consumed)
 
 
-async def _outcomes(calls: list[Coroutine[Any, Any, T]]) -> list[T | DomainError]:
-    """Each call's result or domain error, as gather(return_exceptions=True) gives them;
-    one call is awaited in place, since a task per call is most of the cost of a fast
-    request. Anything else (a bug, a cancellation) propagates."""
-    if len(calls) == 1:
-        try:
-            return [await calls[0]]
-        except DomainError as exc:
-            return [exc]
+async def _gathered(calls: list[Awaitable[Run]]) -> list[Run | DomainError]:
+    """Each call's Run or domain error, side by side, as gather(return_exceptions=True)
+    gives them; anything else (a bug, a cancellation) propagates."""
     outcomes = await asyncio.gather(*calls, return_exceptions=True)
     for outcome in outcomes:
         if isinstance(outcome, BaseException) and not isinstance(outcome, DomainError):

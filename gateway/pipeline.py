@@ -63,19 +63,20 @@ def _metered_already(delivered: bool) -> None:
     return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Answer:
     """What a request came to: the job, the answer's shape, and its images.
 
-    `images` is done already (and the request metered), except for a stream: its images
-    are still being made (cancel them when the caller goes away), and whoever delivers the
-    stream calls `delivered(True)` once it has sent the last event, or `delivered(False)`
-    when the caller went away first; the request is metered then, with the time to its
-    last byte."""
+    `result` holds the images, made already (and the request metered), except for a
+    stream: then `images` is their future, still being made (cancel it when the caller
+    goes away), and whoever delivers the stream calls `delivered(True)` once it has sent
+    the last event, or `delivered(False)` when the caller went away first; the request is
+    metered then, with the time to its last byte."""
 
     job: Job
     output: Output
-    images: asyncio.Future[ImagesResult]
+    result: ImagesResult | None = None
+    images: asyncio.Future[ImagesResult] | None = None
     delivered: Callable[[bool], None] = _metered_already
 
 
@@ -123,13 +124,13 @@ class ImagePipeline:
             if output.stream:
                 streaming = True
                 images = self._stream(record, job, output, stored, policy, allow_partial)
-                return Answer(job, output, images, lambda ok: self._delivered(record, ok))
+                return Answer(
+                    job, output, images=images, delivered=lambda ok: self._delivered(record, ok)
+                )
             record.result = stored or await self._cache.make(
                 job, output, allow_partial=allow_partial, policy=policy
             )
-            done = asyncio.get_running_loop().create_future()
-            done.set_result(record.result)
-            return Answer(job, output, done)
+            return Answer(job, output, record.result)
         except DomainError as err:
             record.error = err
             raise

@@ -4,6 +4,7 @@ the byte-bounded store and single-flight coalescing."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 
 import pytest
@@ -250,22 +251,69 @@ async def test_a_failure_reaches_every_waiter() -> None:
     assert len(flights) == 0  # the next request tries again
 
 
-async def test_the_first_caller_leaving_does_not_cancel_the_others() -> None:
+@pytest.mark.parametrize(("detached", "runs"), [(True, 1), (False, 2)])
+async def test_the_first_caller_leaving_does_not_cancel_the_others(
+    detached: bool, runs: int
+) -> None:
+    """Detached (a stream), the work outlives its leader; led in place, it starts again
+    for those still waiting."""
     flights: Flights[int] = Flights()
-    finished = asyncio.Event()
+    started = 0
 
     async def work() -> int:
+        nonlocal started
+        started += 1
         await asyncio.sleep(0.1)
-        finished.set()
         return 7
+
+    leader = asyncio.ensure_future(flights.run("k", work, detached=detached))
+    await asyncio.sleep(0.01)
+    waiter = asyncio.ensure_future(flights.run("k", work, detached=detached))
+    await asyncio.sleep(0.01)
+    leader.cancel()
+    assert await waiter == (7, True)
+    assert started == runs
+    assert len(flights) == 0
+
+
+async def test_a_lone_leader_works_in_its_own_task() -> None:
+    """No task per request when nobody else asks for the key."""
+    flights: Flights[int] = Flights()
+    seen: list[asyncio.Task[object] | None] = []
+
+    async def work() -> int:
+        seen.append(asyncio.current_task())
+        return 3
+
+    async def caller() -> tuple[int, bool]:
+        outcome = await flights.run("k", work)
+        seen.append(asyncio.current_task())
+        return outcome
+
+    assert await asyncio.ensure_future(caller()) == (3, False)
+    assert seen[0] is seen[1]
+
+
+async def test_a_leader_failing_after_its_waiters_left_is_quiet(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    flights: Flights[int] = Flights()
+
+    async def work() -> int:
+        await asyncio.sleep(0.05)
+        raise NoCapacity("nothing left", retry_after=1, rate_limited=False)
 
     leader = asyncio.ensure_future(flights.run("k", work))
     await asyncio.sleep(0.01)
     waiter = asyncio.ensure_future(flights.run("k", work))
     await asyncio.sleep(0.01)
-    leader.cancel()
-    assert await waiter == (7, True)
-    assert finished.is_set()
+    waiter.cancel()
+    with pytest.raises(NoCapacity):
+        await leader
+    del waiter
+    gc.collect()
+    assert "never retrieved" not in caplog.text
+    assert len(flights) == 0
 
 
 async def test_work_is_cancelled_when_every_caller_left() -> None:

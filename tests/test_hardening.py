@@ -81,8 +81,20 @@ def acedata(fake_factory, gateway_factory):
         b"",
         b'{"prompt": "x"',
         b'{"prompt": "x"} trailing',
+        # Not JSON by RFC 8259, and nothing the gateway sends on could encode them again.
+        b'{"prompt": "a \\ud800 cat"}',
+        b'{"prompt": "x", "n": NaN}',
     ],
-    ids=["deep-array", "deep-field", "not-utf8", "empty", "unterminated", "trailing-junk"],
+    ids=[
+        "deep-array",
+        "deep-field",
+        "not-utf8",
+        "empty",
+        "unterminated",
+        "trailing-junk",
+        "lone-surrogate",
+        "nan",
+    ],
 )
 @pytest.mark.parametrize("endpoint", ["generations", "edits"])
 def test_unreadable_json_is_400(acedata, body, endpoint):

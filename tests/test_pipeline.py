@@ -68,7 +68,7 @@ async def test_a_generation_goes_through_every_stage(fake: Any, gateway_for: Any
         Caller(key=KEY), generation(n=2, size="2048x1365", model="nano-banana-pro"),
         Context("generations", request_id="req-1"),
     )  # fmt: skip
-    result = answer.images.result()
+    result = answer.result
     assert (answer.job.model, answer.job.aspect_ratio, answer.job.resolution) == (
         "nano-banana-pro",
         "3:2",
@@ -103,8 +103,8 @@ async def test_an_identical_request_is_a_hit(fake: Any, gateway_for: Any):
     run = gateway.pipeline.run
     first = await run(Caller(key=KEY), generation(), Context("generations"))
     second = await run(Caller(key=KEY), generation(), Context("generations"))
-    assert (first.images.result().cache, second.images.result().cache) == ("miss", "hit")
-    assert second.images.result().attempts == []
+    assert (first.result.cache, second.result.cache) == ("miss", "hit")
+    assert second.result.attempts == []
     assert len(fake.generation_calls()) == 1
 
 
@@ -155,7 +155,7 @@ async def test_a_known_client_needs_no_key(fake: Any, gateway_for: Any):
     answer = await gateway.pipeline.run(
         Caller(client=client), generation(model="nano-banana-2"), Context("generations")
     )
-    assert len(answer.images.result().images) == 1
+    assert answer.result is not None and len(answer.result.images) == 1
     with pytest.raises(ModelNotAllowed):
         await gateway.pipeline.run(Caller(client=client), generation(), Context("generations"))
 
@@ -170,7 +170,7 @@ async def test_a_failing_token_is_retried_and_the_attempts_come_back(
         + "\n[cache]\nenabled = false\n"
     )
     answer = await gateway.pipeline.run(Caller(key=KEY), generation(), Context("generations"))
-    result = answer.images.result()
+    result = answer.result
     assert [a.outcome for a in result.attempts] == ["auth", "ok"]
     assert usage(tmp_path)[0]["upstream_outcomes"] == ["ace:auth", "ace:ok"]
 

@@ -9,6 +9,7 @@ provider may ignore the request's resolution.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 from ..config import PricesConfig
 from ..models import MODELS, base_model, nearest_aspect_ratio, produced_size
@@ -21,6 +22,7 @@ DEFAULT_RESOLUTION = "1K"
 _TIER_SLACK = 0.9
 
 
+@lru_cache(maxsize=1024)  # a few models x a few sizes; asked twice per request (cost, log)
 def made_resolution(model: str, size: tuple[int, int]) -> str:
     """The resolution tier ("1K", "2K", "4K") an image of `size` was made at by `model`:
     the smallest tier the model makes whose long side at the image's aspect ratio

@@ -106,7 +106,8 @@ class LineRunner:
             caller = Caller(client=self._owner(batch.owner))
             context = Context(batch.endpoint, request_id=request_id, batch=batch.id)
             answer = await self._pipeline.run(caller, request, context)
-            result = answer.images.result()
+            result = answer.result
+            assert result is not None  # a line is never a stream
             body = images_body(result, answer.output, self._store, self._base_url)
             return Outcome(line.index, True, response_record(line.custom_id, request_id, 200, body))
         except DomainError as err:

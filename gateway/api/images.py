@@ -10,7 +10,7 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import DomainError
 from ..pipeline import Answer, Caller, Context, ImagePipeline
@@ -28,6 +28,7 @@ from .responses import (
     PartsResponse,
     completed_event,
     error_event,
+    error_response,
     images_b64_parts,
     images_body,
     result_headers,
@@ -51,6 +52,28 @@ class _MeteredStream(StreamingResponse):
             self._on_close()
 
 
+class _Endpoint:
+    """One image endpoint as a bare ASGI app. Starlette wraps a function endpoint in two
+    more layers (a closure each, and one per message sent, to look up exception handlers):
+    three coroutine frames that every waiting request would hold, and a little CPU for
+    every request. A domain error is answered here; anything else goes on to the app's
+    handlers as before."""
+
+    __slots__ = ("endpoint", "endpoints")
+
+    def __init__(self, endpoints: ImageEndpoints, endpoint: str) -> None:
+        self.endpoints = endpoints
+        self.endpoint = endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive, send)
+        try:
+            response = await self.endpoints.answer(request, self.endpoint)
+        except DomainError as err:
+            response = error_response(openai_error(err, self.endpoints.secrets))
+        await response(scope, receive, send)
+
+
 class ImageEndpoints:
     """The two image endpoints, over one pipeline."""
 
@@ -69,29 +92,32 @@ class ImageEndpoints:
         self._url_policy = url_policy
         self._upload_max_bytes = upload_max_bytes
         self._keepalive = keepalive_seconds
-        self._secrets = tuple(secrets)
+        self.secrets = tuple(secrets)
 
-    async def generations(self, request: Request) -> Response:
-        """POST /v1/images/generations"""
-        return await self._images(request, "generations", _read_generation(request))
+    def route(self, endpoint: str) -> ASGIApp:
+        """POST /v1/images/{endpoint} (`generations` or `edits`) as its route's app."""
+        return _Endpoint(self, endpoint)
 
-    async def edits(self, request: Request) -> Response:
-        """POST /v1/images/edits"""
-        body = parse.parse_edit(request, max_bytes=self._upload_max_bytes, policy=self._url_policy)
-        return await self._images(request, "edits", body)
-
-    async def _images(self, request: Request, endpoint: str, body: Any) -> Response:
+    async def answer(self, request: Request, endpoint: str) -> Response:
+        """The answer to POST /v1/images/{endpoint}; raises a DomainError."""
+        body: Any
+        if endpoint == "generations":
+            body = _read_generation(request)  # awaited once the caller is admitted
+        else:
+            body = parse.parse_edit(
+                request, max_bytes=self._upload_max_bytes, policy=self._url_policy
+            )
         context = Context(
             endpoint,
             request_id=getattr(request.state, "request_id", None),
             policy=policy_for(request.headers, client_allows=True),
             allow_partial=allow_partial(request.headers),
         )
-        # A DomainError raised here is answered by the app's one error handler.
         answer = await self._pipeline.run(Caller(key=bearer(request)), body, context)
         if answer.output.stream:
             return await self._stream(request, answer, _EVENT_KIND[endpoint])
-        result = answer.images.result()
+        result = answer.result
+        assert result is not None  # not a stream: made already
         if answer.output.response_format == "b64_json":
             return PartsResponse(
                 images_b64_parts(result, answer.output),
@@ -107,6 +133,7 @@ class ImageEndpoints:
         """SSE answer. A request that fails before the first keep-alive is due still gets a
         plain error status, so SDK apps see the same exception class as without stream."""
         make, output = answer.images, answer.output
+        assert make is not None  # a stream: its images are still being made
         try:
             await asyncio.wait_for(asyncio.shield(make), timeout=self._keepalive)
         except TimeoutError:
@@ -124,7 +151,7 @@ class ImageEndpoints:
         if make.done():
             headers.update(result_headers(make.result(), output))
         keepalive = self._keepalive
-        secrets = self._secrets
+        secrets = self.secrets
 
         async def events() -> AsyncIterator[str]:
             sent = False

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import orjson
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import Message
@@ -78,8 +78,8 @@ async def read_json(request: Request, max_bytes: int = MAX_GENERATION_BODY) -> M
     """The body as a JSON object, or an InvalidParameter / BodyTooLarge that says so."""
     body = await read_body(request, max_bytes)
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting: RecursionError
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:  # strict: no NaN, no lone surrogate (unencodable later)
         raise invalid(
             None,
             "We could not parse the JSON body of your request. (HINT: This likely means you "

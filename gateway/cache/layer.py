@@ -129,8 +129,12 @@ class ImageCache:
             hit = await self._hit(key, output)
             if hit is not None:
                 return hit
+            lead = self._lead if self._shared is not None else self._produce
             made, joined = await self._flights.run(
-                (key, allow_partial), lambda: self._lead(key, job, output, allow_partial)
+                (key, allow_partial),
+                lambda: lead(key, job, output, allow_partial),
+                # A stream's caller may hang up: its flight must outlive it for the others.
+                detached=output.stream,
             )
             how = "coalesced" if joined else made.how
         else:

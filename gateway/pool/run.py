@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from ..config import PoolConfig, UpstreamConfig
@@ -87,66 +87,67 @@ class Pool:
                     upstream.name, got, job.count, job.model, got,
                 )  # fmt: skip
 
-    async def run(self, job: Job, deadline: float) -> Run:
+    def run(self, job: Job, deadline: float) -> Awaitable[Run]:
         """Run a job on the best slot, moving to others on failures that aren't the caller's.
 
         `deadline` is a monotonic time. Raises UpstreamError for the caller's faults and for
         the last failure when attempts run out, NoCapacity when nothing is usable; each with
-        the attempts made in `attempts`.
+        the attempts made in `attempts`. (The attempts' own coroutine, handed back rather
+        than awaited here: one frame fewer for every waiting request to hold.)
         """
-        attempts: list[Attempt] = []
         self._stalls.ensure_running()
+        return self._attempts(job, deadline)
+
+    async def _attempts(self, job: Job, deadline: float) -> Run:
+        attempts: list[Attempt] = []
         try:
-            return await self._attempts(job, deadline, attempts)
+            slots = self._select.candidates(job)
+            tried: set[int] = set()
+            last: UpstreamError | None = None
+            for attempt in range(self.cfg.max_attempts):
+                if attempt:
+                    self._on_retry(last.kind.value if last else "unknown")
+                    if all(id(s) in tried for s in slots):
+                        # Every slot has had a go: give a transient fault a moment before the
+                        # same slot is asked again.
+                        await asyncio.sleep(
+                            min(self.cfg.retry_backoff_seconds * 2 ** (attempt - 1), 2.0)
+                        )
+                # Raises NoCapacity (with when the first returns) once every slot is out.
+                taken = await self._select.acquire(slots, tried, deadline)
+                tried.add(id(taken.slot))
+                started = self._clock()
+                try:
+                    result = await self._call(taken, job, deadline - started)
+                except TimeoutError:
+                    err = UpstreamError(
+                        FailureKind.TIMEOUT,
+                        f"{taken.slot.upstream.name}: no answer within the request's deadline",
+                    )
+                    attempts.append(self._failed(taken, err, started))
+                    raise err from None
+                except UpstreamError as err:
+                    attempts.append(self._failed(taken, err, started))
+                    if err.kind.callers_fault:
+                        raise
+                    if err.kind is FailureKind.UNSUPPORTED:
+                        slots = self._refused(taken, job, err, slots)
+                    last = err
+                    if self._clock() >= deadline:
+                        break
+                    continue
+                except asyncio.CancelledError:
+                    raise  # the caller went away: no verdict on the token
+                else:
+                    attempts.append(self._succeeded(taken, started))
+                    return Run(result, taken.slot.upstream.name, attempts)
+                finally:
+                    self._select.release(taken)
+            assert last is not None
+            raise last
         except DomainError as err:
             err.attempts = tuple(attempts)
             raise
-
-    async def _attempts(self, job: Job, deadline: float, attempts: list[Attempt]) -> Run:
-        slots = self._select.candidates(job)
-        tried: set[int] = set()
-        last: UpstreamError | None = None
-        for attempt in range(self.cfg.max_attempts):
-            if attempt:
-                self._on_retry(last.kind.value if last else "unknown")
-                if all(id(s) in tried for s in slots):
-                    # Every slot has had a go: give a transient fault a moment before the
-                    # same slot is asked again.
-                    await asyncio.sleep(
-                        min(self.cfg.retry_backoff_seconds * 2 ** (attempt - 1), 2.0)
-                    )
-            # Raises NoCapacity (with when the first returns) once every slot is out.
-            taken = await self._select.acquire(slots, tried, deadline)
-            tried.add(id(taken.slot))
-            started = self._clock()
-            try:
-                result = await self._call(taken, job, deadline - started)
-            except TimeoutError:
-                err = UpstreamError(
-                    FailureKind.TIMEOUT,
-                    f"{taken.slot.upstream.name}: no answer within the request's deadline",
-                )
-                attempts.append(self._failed(taken, err, started))
-                raise err from None
-            except UpstreamError as err:
-                attempts.append(self._failed(taken, err, started))
-                if err.kind.callers_fault:
-                    raise
-                if err.kind is FailureKind.UNSUPPORTED:
-                    slots = self._refused(taken, job, err, slots)
-                last = err
-                if self._clock() >= deadline:
-                    break
-                continue
-            except asyncio.CancelledError:
-                raise  # the caller went away: no verdict on the token
-            else:
-                attempts.append(self._succeeded(taken, started))
-                return Run(result, taken.slot.upstream.name, attempts)
-            finally:
-                self._select.release(taken)
-        assert last is not None
-        raise last
 
     def _refused(self, taken: Taken, job: Job, err: UpstreamError, slots: list[Slot]) -> list[Slot]:
         """The upstream refused a field the gateway chose: it remembers that (later requests
@@ -171,17 +172,24 @@ class Pool:
         """One call within what is left of the deadline: its result, an UpstreamError for
         every failure of the upstream's, TimeoutError when the deadline ran out."""
         slot = taken.slot
-        name = slot.upstream.name
+        upstream = slot.upstream
         if remaining <= 0:
             raise UpstreamError(FailureKind.TIMEOUT, "the request's deadline passed")
         try:
+            bound = upstream.run_seconds
+            if bound is not None and bound < remaining:
+                # The upstream's own bound ends the run before the deadline could: no
+                # second timer for every waiting call (one costs ~0.7 KiB on uvloop).
+                return await upstream.run(job, slot.token)
             async with asyncio.timeout(remaining):
-                return await slot.upstream.run(job, slot.token)
+                return await upstream.run(job, slot.token)
         except (UpstreamError, TimeoutError, asyncio.CancelledError):
             raise
         except Exception as exc:  # a bug in a provider module must not lose the request
-            log.exception("upstream %s raised unexpectedly", name)
-            raise UpstreamError(FailureKind.MALFORMED, f"{name}: {type(exc).__name__}") from None
+            log.exception("upstream %s raised unexpectedly", upstream.name)
+            raise UpstreamError(
+                FailureKind.MALFORMED, f"{upstream.name}: {type(exc).__name__}"
+            ) from None
 
     def _succeeded(self, taken: Taken, started: float) -> Attempt:
         slot, now = taken.slot, self._clock()

@@ -177,6 +177,7 @@ class AceDataUpstream(Upstream):
         self.kind = kind
         self.base_url = base_url
         self._timeout = timeout
+        self.run_seconds = timeout  # run() is one call under this timeout
         self._client = self.http_client(base_url, timeout, max_connections)
 
     def upstream_model(self, model: str) -> str:

@@ -104,6 +104,11 @@ class Upstream(ABC):
     #: what is observed to work widely enough to be a safe default (see the README)
     default_fields: frozenset[Field] = frozenset({Field.MODEL})
 
+    #: the longest one run() can take when the upstream bounds it whole itself (a single
+    #: HTTP call under its timeout), else None; the pool adds no timer of its own for a
+    #: run this bound ends before the request's deadline
+    run_seconds: float | None = None
+
     def __init__(
         self, name: str, model_map: Mapping[str, str], *, fields: Iterable[Field] = ()
     ) -> None:
