@@ -161,7 +161,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     # In slots, not the instance dict: seven more keys grew uvicorn's 27-key dict of each
     # connection from 296 to 1,584 bytes, which every waiting request holds.
-    __slots__ = ("_clock", "_deadline", "_head_bytes", "_left", "_oversized", "_phase", "_starts")
+    __slots__ = (
+        "_clock",
+        "_deadline",
+        "_fires",
+        "_head_bytes",
+        "_left",
+        "_oversized",
+        "_phase",
+        "_starts",
+    )
 
     def __init__(
         self,
@@ -173,7 +182,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(config, server_state, app_state, _loop)
         self._phase: Phase | None = None  # what the clock is timing; None: nothing
         self._clock: asyncio.TimerHandle | None = None  # None while stopped or held
-        self._deadline = 0.0  # loop time the running clock fires at
+        self._deadline = 0.0  # loop time the running phase's time is up
+        self._fires = 0.0  # loop time the timer fires (a phase before may have set it)
         self._left = 0.0  # seconds it has left while held
         self._starts = 0  # clocks started so far, to tell a head that began mid-read
         self._head_bytes = 0  # bytes of an unfinished head read so far
@@ -261,7 +271,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     # ------------------------------------------------------------------ the clock
 
     def _start_clock(self, phase: Phase) -> None:
-        self._stop_clock()
         self._phase = phase
         self._starts += 1
         self._head_bytes = 0
@@ -269,14 +278,27 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._left = self.limits.head_seconds
         else:
             self._left = self.limits.body_seconds if phase == "body" else LINGER_SECONDS
-        if not self.flow.read_paused:
-            self.run_clock()
+        if self.flow.read_paused:
+            self._cancel_timer()  # it runs, with the whole of _left, once reading resumes
+        else:
+            self.run_clock(restart=True)
 
-    def run_clock(self) -> None:
-        """Run the clock for the time it has left (reading has resumed)."""
-        if self._phase is not None and self._clock is None:
-            self._deadline = self.loop.time() + self._left
-            self._clock = self.loop.call_at(self._deadline, self._time_up)
+    def run_clock(self, restart: bool = False) -> None:
+        """Run the clock for the time it has left (reading has resumed; or, with `restart`,
+        a new phase has begun).
+
+        A timer that is set already and fires no later than the new deadline is kept (it
+        sets itself again for the rest when it fires early): the head's timer then times the
+        body too, one timer per request rather than one per phase."""
+        if self._phase is None or (self._clock is not None and not restart):
+            return
+        self._deadline = self.loop.time() + self._left
+        if self._clock is not None:
+            if self._fires <= self._deadline:
+                return
+            self._clock.cancel()
+        self._fires = self._deadline
+        self._clock = self.loop.call_at(self._deadline, self._time_up)
 
     def hold_clock(self) -> None:
         """Stop the clock, keeping the time it has left (reading is paused)."""
@@ -286,13 +308,21 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._left = max(0.0, self._deadline - self.loop.time())
 
     def _stop_clock(self) -> None:
+        self._cancel_timer()
+        self._phase = None
+
+    def _cancel_timer(self) -> None:
         if self._clock is not None:
             self._clock.cancel()
             self._clock = None
-        self._phase = None
 
     def _time_up(self) -> None:
         self._clock = None
+        if self._phase is not None and self.loop.time() < self._deadline:
+            # Set for an earlier phase, which ended in time: the rest of this one.
+            self._fires = self._deadline
+            self._clock = self.loop.call_at(self._deadline, self._time_up)
+            return
         cycle = self.cycle
         if self._phase == "body" and cycle is not None and cycle.waiting_for_100_continue:
             # The client rightly waits for a 100 Continue, which uvicorn sends only once

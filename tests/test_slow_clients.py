@@ -280,3 +280,34 @@ def test_answers_and_streams_slower_than_the_bounds_are_not_cut_off(gw: GatewayP
     assert image.data and image.data[0].b64_json
     events = list(sdk.images.generate(prompt="streams a while", stream=True))
     assert events and events[-1].type == "image_generation.completed"
+
+
+def test_a_body_may_take_its_own_bound_past_the_heads(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The head's timer goes on timing the body (one timer per request): when it fires at
+    the head's bound, it sets itself again for the rest of the body's, and a body still
+    inside that bound is read whole."""
+    config = CONFIG.replace(
+        f"header_timeout_seconds = {HEAD_SECONDS}", "header_timeout_seconds = 1.0"
+    ).replace(f"body_timeout_seconds = {BODY_SECONDS}", "body_timeout_seconds = 6.0")
+    proc = GatewayProcess(tmp_path_factory.mktemp("long-body"), config)
+    try:
+        body = b'{"prompt": "a body slower than the head bound", "response_format": "b64_json"}'
+        head = (
+            b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+        )
+        started = time.monotonic()
+        with connect(proc) as s:
+            s.sendall(head)
+            step = len(body) // 5 + 1
+            for i in range(0, len(body), step):
+                time.sleep(0.5)  # the last piece about 2.5 s in: past the head's 1 s
+                s.sendall(body[i : i + step])
+            assert time.monotonic() - started > 2.0
+            s.settimeout(LATENCY_SECONDS + SLACK)
+            answer = s.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    finally:
+        proc.stop()

@@ -80,7 +80,8 @@ class Limiter:
         self._started = False
         self._held: dict[str, Lease] = {}  # shared leases in flight, by id
         self._tasks: set[asyncio.Task[None]] = set()  # shared settlements under way
-        self._ids = (f"{secrets.token_hex(4)}-{n}" for n in itertools.count())
+        prefix = secrets.token_hex(4)  # once: per lease, the count makes the id unique
+        self._ids = (f"{prefix}-{n}" for n in itertools.count())
         self.local_admissions = 0  # admitted on this process's knowledge, Redis down
         self._day = UtcDay(wall)
         today = self._day.today()

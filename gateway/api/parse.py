@@ -11,8 +11,7 @@ type, with which allowed values and bounds, is read from `gateway/fields.py`.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -21,12 +20,13 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.types import Message
 
 from ..errors import BodyTooLarge, ClientGone, InvalidParameter, invalid
-from ..fields import BY_NAME, EDITS, FIELDS, FILE, GENERATIONS, JSON, MAX_IMAGES, Field, names
+from ..fields import BY_NAME, EDITS, FILE, GENERATIONS, JSON, MAX_IMAGES, names
 from ..http import TooLarge, declared_too_large, read_capped
 from ..shape.mask import checked_mask, named_mask
 from ..shape.media import BadImage, decode_data_uri, inspect_image, to_data_uri
 from ..shape.netguard import RefusedUrl, UrlPolicy
 from ..types import ImageRequest
+from .checks import common_fields, reject_unknown
 
 _GENERATION_FIELDS = names(GENERATIONS, JSON)
 _EDIT_JSON_FIELDS = names(EDITS, JSON)
@@ -35,30 +35,6 @@ _EDIT_JSON_FIELDS = names(EDITS, JSON)
 _EDIT_PART_NAMES = names(EDITS)
 # The parts that may be files: `mask`, and the rest are images.
 _FILE_PARTS = names(EDITS, FILE)
-# The fields every request is checked for, in the order they are checked.
-_SCALARS = tuple(f for f in FIELDS if f.scalar)
-_REQUEST_KEYS = frozenset(f.name for f in dataclasses.fields(ImageRequest))
-
-_TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {
-    "string": lambda v: isinstance(v, str),
-    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "boolean": lambda v: isinstance(v, bool),
-}
-_TYPE_WORDS = {"string": "a string", "integer": "an integer", "boolean": "true or false"}
-
-
-def _one_of(f: Field, value: Any) -> str:
-    return f"Invalid {f.name} '{value}': one of {', '.join(f.enum)}."
-
-
-def _either(f: Field, value: Any) -> str:
-    return f"Invalid {f.name} '{value}': {', '.join(f.enum[:-1])} or {f.enum[-1]}."
-
-
-# How a value outside a field's allowed ones is refused, where it is not `_one_of`.
-_ENUM_MESSAGES: dict[str, Callable[[Field, Any], str]] = {"background": _either}
-
-
 # A generation body is a prompt and a few scalars: 32k characters fit well inside this.
 MAX_GENERATION_BODY = 1024 * 1024
 
@@ -92,8 +68,8 @@ async def read_json(request: Request, max_bytes: int = MAX_GENERATION_BODY) -> M
 
 def parse_generation(data: Mapping[str, Any]) -> ImageRequest:
     """A /v1/images/generations JSON body -> ImageRequest."""
-    _reject_unknown(data, _GENERATION_FIELDS)
-    return ImageRequest(endpoint="generations", **_common_fields(data))
+    reject_unknown(data, _GENERATION_FIELDS)
+    return ImageRequest(endpoint="generations", **common_fields(data))
 
 
 async def parse_edit(request: Request, *, max_bytes: int, policy: UrlPolicy) -> ImageRequest:
@@ -157,7 +133,7 @@ def capped(request: Request, limit: int) -> Request:
 
 def parse_edit_json(data: Mapping[str, Any], *, max_bytes: int, policy: UrlPolicy) -> ImageRequest:
     """The JSON form of an edit: images as [{"image_url": ...}]."""
-    _reject_unknown(data, _EDIT_JSON_FIELDS)
+    reject_unknown(data, _EDIT_JSON_FIELDS)
     images_raw = data.get("images")
     if not isinstance(images_raw, list) or not images_raw:
         raise invalid(
@@ -167,7 +143,7 @@ def parse_edit_json(data: Mapping[str, Any], *, max_bytes: int, policy: UrlPolic
     if len(images_raw) > MAX_IMAGES:
         raise invalid("images", f"At most {MAX_IMAGES} images per edit.")
     refs = [_json_image(f"images[{i}]", x, max_bytes, policy) for i, x in enumerate(images_raw)]
-    fields = _common_fields(data)
+    fields = common_fields(data)
     mask = data.get("mask")  # {"image_url": ...} like an image; must match the first image
     if mask is not None:
         mask = named_mask(lambda: _json_image("mask", mask, max_bytes, policy)[0], refs[0][1])
@@ -220,7 +196,7 @@ async def _edit_from_form(
             mask = (await _image_part(value, max_bytes, policy, "mask"))[0]
         else:
             _add_text_part(scalars, name, value)
-    _reject_unknown(scalars, _EDIT_PART_NAMES)
+    reject_unknown(scalars, _EDIT_PART_NAMES)
     converted = {k: _from_form(k, v) for k, v in scalars.items()}
     if not images:
         raise invalid("image", "An edit needs at least one image: send it as 'image' or 'image[]'.")
@@ -229,7 +205,7 @@ async def _edit_from_form(
         images=tuple(images),
         first_image_size=first_size,
         mask=mask and await asyncio.to_thread(checked_mask, mask, first_size),
-        **_common_fields(converted),
+        **common_fields(converted),
     )
 
 
@@ -321,80 +297,3 @@ def _from_form(name: str, value: str) -> Any:
             return False
         raise invalid(name, f"'{name}' must be true or false, got '{value}'.")
     return value
-
-
-def _reject_unknown(data: Mapping[str, Any], allowed: frozenset[str]) -> None:
-    for key in data:
-        # A multipart form flattens objects into parts such as `svg[model]`.
-        base = key.split("[", 1)[0] if key.endswith("]") else key
-        field = BY_NAME.get(base)
-        if base != key and field is not None and field.refused and base in allowed:
-            raise invalid(base, field.refused)
-        if key not in allowed:
-            raise invalid(key, f"Unrecognized request argument supplied: {key}")
-
-
-def _common_fields(data: Mapping[str, Any]) -> dict[str, Any]:
-    """Every scalar field checked, in declaration order; those ImageRequest carries, when
-    sent (not sent or null: the ImageRequest default)."""
-    values = {f.name: _checked(f, data.get(f.name)) for f in _SCALARS}
-    return {k: v for k, v in values.items() if k in _REQUEST_KEYS and v is not None}
-
-
-def _checked(f: Field, value: Any) -> Any:
-    """A field's value after its type, allowed values and bounds are checked."""
-    if f.refused and value is not None:
-        raise invalid(f.name, f.refused)
-    if f.required:
-        _check_required(f, value)
-    elif value is None or not f.types:
-        return value
-    elif not _is_type(f, value):
-        raise invalid(f.name, f"'{f.name}' must be {_type_words(f)}.")
-    if not f.checked_on_translation:
-        _check_value(f, value)
-    return value
-
-
-def _is_type(f: Field, value: Any) -> bool:
-    return not f.types or any(_TYPE_CHECKS[t](value) for t in f.types)
-
-
-def _type_words(f: Field) -> str:
-    return " or ".join(_TYPE_WORDS[t] for t in f.types)
-
-
-def _check_required(f: Field, value: Any) -> None:
-    blank = isinstance(value, str) and not value.strip()
-    if value is None or blank or not _is_type(f, value):
-        what = "a non-empty string" if f.types == ("string",) else _type_words(f)
-        raise invalid(f.name, f"'{f.name}' is required and must be {what}.")
-
-
-def _check_value(f: Field, value: Any) -> None:
-    """The declared allowed values and bounds (the type is already right)."""
-    if f.enum and value not in f.enum:
-        raise invalid(f.name, _ENUM_MESSAGES.get(f.name, _one_of)(f, value))
-    if isinstance(value, str):
-        _check_length(f, value)
-    elif _outside(value, f.minimum, f.maximum):
-        raise invalid(f.name, f"'{f.name}' must be {_range(f)}.")
-
-
-def _check_length(f: Field, value: str) -> None:
-    if f.min_length is not None and len(value) < f.min_length:
-        raise invalid(f.name, f"'{f.name}' is too short: at least {f.min_length} characters.")
-    if f.max_length is not None and len(value) > f.max_length:
-        raise invalid(f.name, f"'{f.name}' is too long: at most {f.max_length} characters.")
-
-
-def _outside(value: int, low: int | None, high: int | None) -> bool:
-    return (low is not None and value < low) or (high is not None and value > high)
-
-
-def _range(f: Field) -> str:
-    if f.minimum is None:
-        return f"at most {f.maximum}"
-    if f.maximum is None:
-        return f"at least {f.minimum}"
-    return f"between {f.minimum} and {f.maximum}"
