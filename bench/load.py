@@ -67,6 +67,7 @@ class _Connection(asyncio.Protocol):
         self.waiter: asyncio.Future[int] | None = None
         self.head = bytearray()
         self.body_bytes = 0
+        self.keep_alive = False  # what the last answer said
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -89,6 +90,8 @@ class _Connection(asyncio.Protocol):
             self.head += body[: _HEAD_KEEP - len(self.head)]
 
     def on_message_complete(self) -> None:
+        # Read here: once the message is complete, llhttp resets and says False.
+        self.keep_alive = self.parser.should_keep_alive()
         waiter, self.waiter = self.waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(self.parser.get_status_code())
@@ -193,7 +196,7 @@ class _Run:
         finally:
             timer.cancel()
         self.body_bytes += conn.body_bytes
-        if not conn.parser.should_keep_alive():
+        if not conn.keep_alive:
             conn.close()
         if status != 200:
             return f"http_{status}"

@@ -127,7 +127,16 @@ def main() -> int:
         time.sleep(1)
         ramp = 2.5 * args.waits / 1000
         driver = load(args.waits, args.waits / ramp, "mem {i}")
-        time.sleep(ramp + 3)  # every request sent, none answered yet (10 s upstream)
+        # The snapshot once every request waits at the upstream (none answered yet: 10 s),
+        # not at a guessed moment: a count short of it would flatter the figure per wait.
+        waiting = 0
+        deadline = time.monotonic() + ramp + 9
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            stats = json.loads(run._get(f"http://127.0.0.1:{fake_port}/stats"))
+            waiting = stats["in_flight"]
+            if waiting >= args.waits:
+                break
         gw.send_signal(signal.SIGUSR1)
         result = json.loads(driver.communicate(timeout=120)[0])
         deadline = time.monotonic() + 30
@@ -138,9 +147,10 @@ def main() -> int:
         for p in reversed(procs):
             p.terminate()
             p.wait(timeout=20)
-    n = args.waits
+    n = max(1, waiting)  # per request actually waiting when the snapshot was taken
     growth = data["total_growth_bytes"]
-    print(f"{n} waits ({result['ok']} answered): Python allocations grew {growth / 2**20:.1f} MiB,")
+    print(f"{n} waits ({waiting} at the upstream at the snapshot, {result['ok']} answered):")
+    print(f"Python allocations grew {growth / 2**20:.1f} MiB,")
     print(f"{growth / n / 1024:.1f} KiB per waiting request\n\nby package:")
     packages: dict[str, int] = {}
     for path, size in data["files"]:
