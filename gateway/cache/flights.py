@@ -24,11 +24,11 @@ T = TypeVar("T")
 
 
 class _Flight(Generic[T]):
-    __slots__ = ("leading", "outcome", "task", "waiters")
+    __slots__ = ("outcome", "task", "waiters")
 
     def __init__(self) -> None:
-        self.leading = False  # the leader is doing the work in its own task
-        self.task: asyncio.Task[T] | None = None  # the work, when it runs in a task
+        # The work, when it runs in a task of its own; None while the leader does it.
+        self.task: asyncio.Task[T] | None = None
         self.outcome: asyncio.Future[T] | None = None  # made when someone waits on it
         self.waiters = 0  # callers awaiting `outcome`
 
@@ -53,11 +53,9 @@ class Flights(Generic[T]):
         if detached:
             self._start(key, flight, work)
             return await self._wait(key, flight), False
-        flight.leading = True
         try:
             result = await work()
         except asyncio.CancelledError:
-            flight.leading = False
             if flight.waiters:
                 self._start(key, flight, work)  # the others still want it
             else:
@@ -92,8 +90,8 @@ class Flights(Generic[T]):
         finally:
             flight.waiters -= 1
             task = flight.task
-            if not flight.waiters and not flight.leading and task is not None and not task.done():
-                task.cancel()  # every caller has gone
+            if not flight.waiters and task is not None and not task.done():
+                task.cancel()  # every caller has gone (a leader in place is not a waiter)
                 self._forget(key, flight)
 
     def _settle(
