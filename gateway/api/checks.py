@@ -54,25 +54,24 @@ def common_fields(data: Mapping[str, Any]) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     for f in _SCALARS:  # a loop, not comprehensions: 35% less CPU, on every request
         if (value := data.get(f.name)) is not None or f.required:
-            _checked(f, value)
+            _check(f, value)
             if f.name in _REQUEST_KEYS:
                 fields[f.name] = value
     return fields
 
 
-def _checked(f: Field, value: Any) -> Any:
-    """A field's value after its type, allowed values and bounds are checked."""
+def _check(f: Field, value: Any) -> None:
+    """InvalidParameter unless the field's value has its type, allowed values and bounds."""
     if f.refused and value is not None:
         raise invalid(f.name, f.refused)
     if f.required:
         _check_required(f, value)
     elif value is None or not f.types:
-        return value
+        return
     elif not _is_type(f, value):
         raise invalid(f.name, f"'{f.name}' must be {_type_words(f)}.")
     if not f.checked_on_translation:
         _check_value(f, value)
-    return value
 
 
 def _is_type(f: Field, value: Any) -> bool:
