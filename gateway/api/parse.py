@@ -21,7 +21,7 @@ from starlette.types import Message
 
 from ..errors import BodyTooLarge, ClientGone, InvalidParameter, invalid
 from ..fields import BY_NAME, EDITS, FILE, GENERATIONS, JSON, MAX_IMAGES, names
-from ..http import declared_too_large
+from ..http import TooLarge, declared_too_large, read_capped
 from ..shape.mask import checked_mask, named_mask
 from ..shape.media import BadImage, decode_data_uri, inspect_image, to_data_uri
 from ..shape.netguard import RefusedUrl, UrlPolicy
@@ -40,25 +40,14 @@ MAX_GENERATION_BODY = 1024 * 1024
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The raw body, refused with BodyTooLarge as soon as it grows past max_bytes. Read
-    from the ASGI messages themselves: a generation's body is one message, and Starlette's
-    `stream()` would put an async generator between (for every request)."""
-    if declared_too_large(request.headers.get("content-length"), max_bytes):
-        raise BodyTooLarge(max_bytes)
-    parts: list[bytes] = []
-    total = 0
-    more = True
-    while more:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone()
-        chunk = message.get("body", b"")
-        total += len(chunk)
-        if total > max_bytes:
-            raise BodyTooLarge(max_bytes)
-        parts.append(chunk)
-        more = message.get("more_body", False)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+    """The raw body, refused with BodyTooLarge as soon as it grows past max_bytes."""
+    declared = request.headers.get("content-length")
+    try:
+        return await read_capped(request.stream(), max_bytes, declared=declared)
+    except TooLarge:
+        raise BodyTooLarge(max_bytes) from None
+    except ClientDisconnect:
+        raise ClientGone() from None
 
 
 async def read_json(request: Request, max_bytes: int = MAX_GENERATION_BODY) -> Mapping[str, Any]:
