@@ -28,7 +28,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import run  # bench/run.py: ports, keys, the fake, the request bodies
@@ -36,15 +35,8 @@ import run  # bench/run.py: ports, keys, the fake, the request bodies
 CLIENTS = 8
 
 
-def _wait(url: str, seconds: float = 300) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            run._get(url, timeout=5)
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise SystemExit(f"{url} did not answer")
+def _control(pid: int, *args: str) -> None:
+    subprocess.run(["callgrind_control", *args, str(pid)], check=True, capture_output=True)
 
 
 def _load(port: int, target: str, total: int, prompt: str) -> None:
@@ -74,13 +66,14 @@ def measure(build: Path | None, hits: bool, requests: int, tmp: Path) -> int:
     pass-through when `build` is None) over `requests` requests."""
     env = run._clean_env()
     fake_port = run.free_port()
-    fake = subprocess.Popen(
+    upstream = f"http://127.0.0.1:{fake_port}"
+    fake = run.start(
+        "fake",
         [sys.executable, str(run.BENCH / "fake_upstream.py"), "--port", str(fake_port),
          "--latency", "0", "--image-bytes", "1024"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        upstream, "/stats", tmp, env,
     )  # fmt: skip
     port = run.free_port()
-    upstream = f"http://127.0.0.1:{fake_port}"
     if build is None:
         target = "passthrough"
         server = [sys.executable, str(run.BENCH / "passthrough.py"), "--port", str(port),
@@ -98,26 +91,25 @@ def measure(build: Path | None, hits: bool, requests: int, tmp: Path) -> int:
         }
     env["PYTHONHASHSEED"] = "0"  # the same dict layouts in every run
     out = tmp / f"callgrind-{port}.out"
-    proc = subprocess.Popen(
-        ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
-         *server],
-        env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    # Started in tmp, not the checkout: `python -m gateway` would import the gateway of
+    # the working directory before PYTHONPATH's. Under valgrind a start takes a while.
     try:
-        _wait(f"http://127.0.0.1:{port}/healthz")
-        _load(port, target, 100, "same" if hits else "warm {i}")
-        subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True,
-                       capture_output=True)  # fmt: skip
-        _load(port, target, requests, "same" if hits else "measured {i}")
-        subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], check=True,
-                       capture_output=True)  # fmt: skip
-        subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True,
-                       capture_output=True)  # fmt: skip
+        proc = run.start(
+            target,
+            ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+             f"--callgrind-out-file={out}", *server],
+            f"http://127.0.0.1:{port}", "/healthz", tmp, env, cwd=tmp, seconds=300,
+        )  # fmt: skip
+        try:
+            _load(port, target, 100, "same" if hits else "warm {i}")
+            _control(proc.pid, "-i", "on")
+            _load(port, target, requests, "same" if hits else "measured {i}")
+            _control(proc.pid, "-i", "off")
+            _control(proc.pid, "-d")  # the counts, written while the server still runs
+        finally:
+            proc.stop()
     finally:
-        proc.terminate()
-        proc.wait(timeout=120)
-        fake.terminate()
-        fake.wait(timeout=30)
+        fake.stop()
     total = 0
     for dump in glob.glob(f"{out}*"):
         for line in Path(dump).read_text().splitlines():

@@ -150,13 +150,23 @@ def _get(url: str, timeout: float = 2.0, headers: dict[str, str] | None = None) 
         return bytes(resp.read())
 
 
-def start(name: str, argv: list[str], url: str, probe: str, tmp: Path, env: dict[str, str]) -> Proc:
-    """Start a server and wait until probe answers."""
+def start(
+    name: str,
+    argv: list[str],
+    url: str,
+    probe: str,
+    tmp: Path,
+    env: dict[str, str],
+    *,
+    cwd: Path = ROOT,
+    seconds: float = 30,
+) -> Proc:
+    """Start a server in `cwd` and wait up to `seconds` until probe answers."""
     log = tmp / f"{name}.log"
     with log.open("wb") as out:
-        popen = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        popen = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
     proc = Proc(name, popen, url, log)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if popen.poll() is not None:
             break
