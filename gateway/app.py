@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import prometheus_client
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -27,7 +26,7 @@ from .api.catalog import ModelEndpoints
 from .api.errors import INTERNAL, OpenAIError, openai_error
 from .api.files import FileEndpoints, guarded
 from .api.images import ImageEndpoints
-from .api.middleware import RequestIdMiddleware, ShutdownMiddleware
+from .api.middleware import Front, FrontedStarlette
 from .api.openapi import openapi_document
 from .api.operations import OperationEndpoints
 from .api.responses import error_response
@@ -62,9 +61,6 @@ from .state.redis import RedisLink, safe_location
 from .upstreams import build_upstream
 
 log = logging.getLogger("gateway")
-
-# The endpoints that hold a request for minutes: the ones shutdown has to cut off.
-_IMAGE_PATHS = ("/v1/images/generations", "/v1/images/edits")
 
 
 @dataclass
@@ -256,9 +252,11 @@ def create_app(config: Config, *, bind_host: str = "127.0.0.1") -> Starlette:
     async def openapi(request: Request) -> Response:
         return JSONResponse(document)
 
+    # POST to an image endpoint skips Starlette's layers (api/middleware.py says why); the
+    # routes still answer other methods with 405.
+    direct = {f"/v1/images/{name}": images.route(name) for name in ("generations", "edits")}
     routes = [
-        Route("/v1/images/generations", images.route("generations"), methods=["POST"]),
-        Route("/v1/images/edits", images.route("edits"), methods=["POST"]),
+        *(Route(path, endpoint, methods=["POST"]) for path, endpoint in direct.items()),
         Route("/v1/images/store/{name}", ops.stored_image, methods=["GET"]),
         Route("/v1/files", guarded(files.create, keeper), methods=["POST"]),
         Route("/v1/files", guarded(files.list, keeper), methods=["GET"]),
@@ -287,12 +285,9 @@ def create_app(config: Config, *, bind_host: str = "127.0.0.1") -> Starlette:
         assert isinstance(exc, DomainError)
         return error_response(openai_error(exc, secrets))
 
-    app = Starlette(
+    app = FrontedStarlette(
+        front=lambda stack: Front(stack, shutdown, direct),
         routes=routes,
-        middleware=[
-            Middleware(RequestIdMiddleware),
-            Middleware(ShutdownMiddleware, shutdown=shutdown, paths=_IMAGE_PATHS),
-        ],
         exception_handlers={
             DomainError: domain_error,
             HTTPException: _http_error,

@@ -6,32 +6,37 @@ cheaper they are is measured in bench/, never asserted here.)"""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gzip
 import hashlib
 import json
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.api.middleware import RequestIdMiddleware, ShutdownMiddleware, stamp
+from gateway.api.middleware import Front, FrontedStarlette, stamp
 from gateway.api.responses import ImagesJSONResponse
 from gateway.cache.entry import CachedImage, Entry
 from gateway.cache.key import KEY_VERSION, cache_key
 from gateway.cache.local import LocalStore
+from gateway.http import Client, make_client, resolved
 from gateway.metering.usage import UsageLog
 from gateway.protocol import LightEvent, ReadLimits, _ReadingFlow, protocol_with
 from gateway.shutdown import Shutdown
 from gateway.types import Job, Output
 from gateway.upstreams._common import call
+from gateway.upstreams.base import UpstreamError
 
 _PROMPTS = [
     "a red fox",
@@ -144,30 +149,67 @@ def test_stamp_sets_or_replaces_the_request_id() -> None:
     assert bare["headers"] == [(b"x-request-id", b"req_3")]
 
 
-async def _image(request: Request) -> Response:
+async def _echo_id(request: Request) -> Response:
     return PlainTextResponse(request.state.request_id)
 
 
-@pytest.mark.parametrize("path", ["/v1/images/generations", "/other"])
-def test_request_ids_when_the_shutdown_middleware_stamps_them(path: str) -> None:
-    app = Starlette(
-        routes=[Route(path, _image)],
-        middleware=[
-            Middleware(RequestIdMiddleware),
-            Middleware(ShutdownMiddleware, shutdown=Shutdown(1.0), paths=["/v1/images/"]),
-        ],
+async def _image_app(scope: Scope, receive: Receive, send: Send) -> None:
+    response = await _echo_id(Request(scope, receive))
+    await response(scope, receive, send)
+
+
+async def _broken_image_app(scope: Scope, receive: Receive, send: Send) -> None:
+    raise RuntimeError("a bug")
+
+
+def _fronted(image: ASGIApp, shutdown: Shutdown | None = None) -> FrontedStarlette:
+    path = "/v1/images/generations"
+    direct = {path: image}
+    return FrontedStarlette(
+        front=lambda stack: Front(stack, shutdown or Shutdown(1.0), direct),
+        routes=[Route(path, image, methods=["POST"]), Route("/other", _echo_id)],
     )
-    with TestClient(app) as client:
-        answer = client.get(path)
-    assert answer.headers.get_list("x-request-id") == [answer.text]
-    assert answer.text.startswith("req_")
 
 
-def test_request_ids_on_their_own() -> None:
-    app = Starlette(routes=[Route("/x", _image)], middleware=[Middleware(RequestIdMiddleware)])
-    with TestClient(app) as client:
-        answer = client.get("/x")
-    assert answer.headers.get_list("x-request-id") == [answer.text]
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("POST", "/v1/images/generations", 200),  # straight to the endpoint
+        ("GET", "/other", 200),  # through Starlette
+        ("GET", "/v1/images/generations", 405),  # Starlette's route, other method
+        ("GET", "/nowhere", 404),
+    ],
+)
+def test_every_answer_carries_its_request_id(method: str, path: str, status: int) -> None:
+    with TestClient(_fronted(_image_app)) as client:
+        answer = client.request(method, path)
+    assert answer.status_code == status
+    ids = answer.headers.get_list("x-request-id")
+    assert len(ids) == 1 and ids[0].startswith("req_")
+    if status == 200:
+        assert answer.text == ids[0]  # the one request.state.request_id holds
+
+
+def test_a_bug_in_an_image_endpoint_is_a_500_with_the_request_id_and_is_raised() -> None:
+    # Raised on to the server, which logs it.
+    with TestClient(_fronted(_broken_image_app)) as client, pytest.raises(RuntimeError):
+        client.post("/v1/images/generations")
+    with TestClient(_fronted(_broken_image_app), raise_server_exceptions=False) as client:
+        answer = client.post("/v1/images/generations")
+    assert answer.status_code == 500
+    assert answer.json()["error"]["code"] == "internal_error"
+    assert answer.headers["x-request-id"].startswith("req_")
+
+
+def test_image_calls_are_refused_once_shutdown_has_begun() -> None:
+    shutdown = Shutdown(1.0)
+    with TestClient(_fronted(_image_app, shutdown)) as client:
+        shutdown.begin()
+        refused = client.post("/v1/images/generations")
+        other = client.get("/other")
+    assert refused.status_code == 503
+    assert refused.headers["x-request-id"].startswith("req_")
+    assert other.status_code == 200
 
 
 # ------------------------------------------------------------------ flow control
@@ -273,7 +315,7 @@ async def test_upstream_json_bodies_are_the_bytes_httpx_would_send() -> None:
         seen.append(request)
         return httpx.Response(200, json={"ok": True})
 
-    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+    async with Client(transport=httpx.MockTransport(answer)) as client:
         await call(client, "POST", "http://x/a", upstream="x", timeout=5, json=body,
                    headers={"authorization": "Bearer t"})  # fmt: skip
         await client.post("http://x/b", json=body, headers={"authorization": "Bearer t"})
@@ -281,3 +323,86 @@ async def test_upstream_json_bodies_are_the_bytes_httpx_would_send() -> None:
     assert ours.content == theirs.content
     for name in ("content-type", "content-length", "authorization"):
         assert ours.headers.get_list(name) == theirs.headers.get_list(name)
+
+
+async def _echo_request(request: Request) -> Response:
+    seen = {
+        "path": request.url.path,
+        "query": request.url.query,
+        "body": (await request.body()).decode(),
+    }
+    headers = [[k.decode(), v.decode()] for k, v in request.headers.raw]
+    return JSONResponse({**seen, "headers": headers}, status_code=201, headers={"x-a": "1"})
+
+
+@contextlib.contextmanager
+def _serving(app: Starlette) -> Iterator[str]:
+    server = uvicorn.Server(uvicorn.Config(app, port=0, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.01)
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}/base"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+async def test_open_sends_and_answers_as_httpx_send_does() -> None:
+    app = Starlette(routes=[Route("/base/{rest:path}", _echo_request, methods=["GET", "POST"])])
+    with _serving(app) as base:
+        client = make_client(base, timeout=5)
+        try:
+            url = resolved(client, "/api/task/query")
+            assert url == client.build_request("GET", "/api/task/query").url
+            assert str(url) == base + "/api/task/query"
+            answers = []
+            for method, kwargs in (
+                ("POST", {"content": b'{"a": 1}', "headers": {"authorization": "Bearer t"}}),
+                ("GET", {"params": {"task_id": "t-1"}, "headers": {"accept": "application/json"}}),
+            ):
+                for target in (url, "/api/task/query"):
+                    pair = []
+                    for send in ("open", "send"):
+                        request = client.build_request(method, target, **kwargs)
+                        if send == "open":
+                            resp = await client.open(request)
+                        else:
+                            resp = await client.send(request, stream=True)
+                        body = b"".join([part async for part in resp.aiter_bytes()])
+                        await resp.aclose()
+                        assert resp.request is request
+                        pair.append((resp.status_code, resp.headers.get("x-a"), json.loads(body)))
+                    assert pair[0] == pair[1]
+                    answers.append(pair[0])
+            assert answers[0] == answers[1] and answers[2] == answers[3]
+            assert answers[0][0] == 201 and answers[0][2]["body"] == '{"a": 1}'
+            assert answers[2][2]["query"] == "task_id=t-1"
+        finally:
+            await client.aclose()
+        with pytest.raises(RuntimeError, match="closed"):
+            await client.open(client.build_request("GET", url))
+
+
+async def _coded(request: Request) -> Response:
+    body = json.dumps({"data": [{"url": "https://x/1.png"}], "pad": "a" * 3000}).encode()
+    coding = request.path_params["coding"]
+    if coding == "gzip":
+        return Response(gzip.compress(body), headers={"content-encoding": "gzip"})
+    return Response(body)
+
+
+@pytest.mark.parametrize("coding", ["identity", "gzip"])
+async def test_call_reads_answers_in_any_content_coding(coding: str) -> None:
+    app = Starlette(routes=[Route("/base/{coding}", _coded)])
+    with _serving(app) as base:
+        client = make_client(base, timeout=5)
+        try:
+            answer = await call(client, "GET", f"/{coding}", upstream="x", timeout=5)
+            with pytest.raises(UpstreamError, match="more than 100 bytes"):
+                await call(client, "GET", f"/{coding}", upstream="x", timeout=5, max_bytes=100)
+        finally:
+            await client.aclose()
+    assert json.loads(answer.body)["data"] == [{"url": "https://x/1.png"}]
+    assert answer.headers.get("content-encoding") == (coding if coding == "gzip" else None)
