@@ -261,3 +261,23 @@ def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_counts_wait_for_the_gathering_but_a_flush_or_close_does_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gateway.state.daybook._GATHER_SECONDS", 60.0)
+
+    def committed() -> dict[str, int]:
+        with closing(sqlite3.connect(tmp_path / DB_FILE)) as conn:
+            return dict(conn.execute("SELECT client, requests FROM day_usage").fetchall())
+
+    book = DayBook(tmp_path)
+    book.add(day(), "alpha", requests=1)
+    threading.Event().wait(0.3)  # the writer is gathering: nothing committed yet
+    assert committed() == {}
+    assert book.flush(timeout=5.0) is True  # cut short, not 60 s
+    assert committed() == {"alpha": 1}
+    book.add(day(), "alpha", requests=2)
+    book.close()  # likewise
+    assert committed() == {"alpha": 3}
