@@ -568,3 +568,27 @@ def test_json_loads_cannot_be_made_to_recurse_out():
     assert json_loads(b"[" * 200_000) is None
     assert json_loads(zlib.compress(b"x")) is None
     assert json_loads(json.dumps({"a": 1}).encode()) == {"a": 1}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"data": [{"url": "https://x/1.png"}], "n": 1.5, "ok": true, "none": null}',
+        b'{"cost": NaN, "big": 123456789012345678901234567890}',  # beyond strict JSON
+        b'{"message": "\\ud800 lone"}',
+        '{"message": "caf\u00e9"}'.encode("utf-16"),
+        b"[" * 1500 + b"]" * 1500,  # deeper than orjson goes, within Python's limit
+        b"not json",
+        b"",
+        b'{"a": 1',
+    ],
+)
+def test_json_loads_reads_what_the_standard_library_reads(body: bytes) -> None:
+    from gateway.upstreams._common import json_loads
+
+    try:
+        expected = json.loads(body)
+    except (ValueError, RecursionError):
+        expected = None
+    got = json_loads(body)
+    assert repr(got) == repr(expected)  # NaN != NaN; repr compares it too

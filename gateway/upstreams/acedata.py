@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..http import MAX_CONNECTIONS
+from ..http import MAX_CONNECTIONS, resolved
 from ..models import base_model, takes_resolution
 from ..types import Job
 from ._common import (
@@ -179,6 +179,7 @@ class AceDataUpstream(Upstream):
         self._timeout = timeout
         self.run_seconds = timeout  # run() is one call under this timeout
         self._client = self.http_client(base_url, timeout, max_connections)
+        self._images_url = resolved(self._client, "/nano-banana/images")
 
     def upstream_model(self, model: str) -> str:
         """Variants like 'nano-banana-pro:official' pass through when the base is served."""
@@ -199,7 +200,7 @@ class AceDataUpstream(Upstream):
         answer = await call(
             self._client,
             "POST",
-            "/nano-banana/images",
+            self._images_url,
             upstream=self.name,
             timeout=self._timeout,
             json=body,

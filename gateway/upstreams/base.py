@@ -14,10 +14,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from httpx import AsyncClient
-
 from ..errors import DomainError, wire_enum
-from ..http import make_client
+from ..http import Client, make_client
 from ..types import Job
 from .forms import Capacity, Field, Refusals, needed
 
@@ -129,7 +127,7 @@ class Upstream(ABC):
         """One call was silently re-sent after a stale pooled connection."""
         self.stale_retries += 1
 
-    def http_client(self, base_url: str, timeout: float, max_connections: int) -> AsyncClient:
+    def http_client(self, base_url: str, timeout: float, max_connections: int) -> Client:
         """The provider's client, bounded to `max_connections`, its stale-connection
         re-sends counted here."""
         self.max_connections = max_connections

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
-from ..http import MAX_CONNECTIONS
+from ..http import MAX_CONNECTIONS, resolved
 from ..models import takes_resolution
 from ..types import Job
 from ._common import (
@@ -278,6 +278,8 @@ class DefApiUpstream(Upstream):
         self.base_url = base_url
         self._timeout = timeout
         self._client = self.http_client(base_url, timeout, max_connections)
+        self._submit_url = resolved(self._client, "/api/image/gen")
+        self._query_url = resolved(self._client, "/api/task/query")
         self._poll_interval = poll_interval
         self._poll_max_interval = poll_max_interval
         self._poll_deadline = poll_deadline
@@ -300,7 +302,7 @@ class DefApiUpstream(Upstream):
         resp = await call(
             self._client,
             "POST",
-            "/api/image/gen",
+            self._submit_url,
             upstream=self.name,
             timeout=self._timeout,
             json=body,
@@ -348,7 +350,7 @@ class DefApiUpstream(Upstream):
                 resp = await call(
                     self._client,
                     "GET",
-                    "/api/task/query",
+                    self._query_url,
                     upstream=self.name,
                     timeout=self._timeout,
                     params={"task_id": task_id},
