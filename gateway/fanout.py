@@ -46,7 +46,13 @@ class FanOut:
 
     def calls_for(self, job: Job) -> int:
         """Upstream calls one try at the job takes (what a cached answer saves)."""
-        return len(split_count(job.count, max(self._pool.max_count_per_call(job), 1)))
+        return len(split_count(job.count, self._per_call(job, job.count)))
+
+    def _per_call(self, job: Job, missing: int) -> int:
+        """Images one call may ask for, when `missing` are to be asked for. One image takes
+        one call whatever the cap: the cap (a look at every candidate upstream) is only
+        asked for when there is more than one to split."""
+        return max(self._pool.max_count_per_call(job), 1) if missing > 1 else 1
 
     async def shape(self, link: str, output: Output) -> ProducedImage:
         """One upstream image in the form the answer needs."""
@@ -86,7 +92,7 @@ class FanOut:
                 break
             # Asked again each round: a short answer in the first lowers it, so the rest
             # go out as parallel calls an upstream can fill.
-            per_call = self._pool.max_count_per_call(job)
+            per_call = self._per_call(job, missing)
             calls = [job.with_count(c) for c in split_count(missing, per_call)]
             short = False
             outcomes: list[Run | DomainError]
