@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import resource
 import weakref
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -128,6 +128,30 @@ class Client(httpx.AsyncClient):
     def __init__(self, *, transport: httpx.AsyncBaseTransport, **kwargs: Any) -> None:
         super().__init__(transport=transport, **kwargs)
         self.transport = transport
+        # What build_request merges into every request, taken once (the client's headers
+        # and timeout are set at construction and never changed).
+        self._defaults = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self.headers.raw]
+        self._extensions = {"timeout": self.timeout.as_dict()}
+
+    def prepare(
+        self,
+        method: str,
+        url: httpx.URL,
+        *,
+        headers: Mapping[str, str],
+        content: bytes | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> httpx.Request:
+        """What `build_request` makes for an absolute URL (see `resolved`) and lower-case
+        `headers`, for a client without cookies or query parameters of its own: the
+        client's headers, less those `headers` replace, then `headers`. At half the cost:
+        build_request copies and merges the client's headers, cookies, parameters and
+        timeout anew for every request."""
+        merged = [(k, v) for k, v in self._defaults if k.lower() not in headers]
+        merged += headers.items()
+        return httpx.Request(
+            method, url, params=params, headers=merged, content=content, extensions=self._extensions
+        )
 
     @property  # type: ignore[override,misc]
     def cookies(self) -> httpx.Cookies:

@@ -325,6 +325,25 @@ async def test_upstream_json_bodies_are_the_bytes_httpx_would_send() -> None:
         assert ours.headers.get_list(name) == theirs.headers.get_list(name)
 
 
+@pytest.mark.parametrize(
+    ("method", "kwargs"),
+    [
+        ("POST", {"content": b'{"a": 1}', "headers": {"authorization": "Bearer t"}}),
+        ("POST", {"content": b"{}", "headers": {"accept": "application/json", "x-b": "2"}}),
+        ("GET", {"params": {"task_id": "t 1/é"}, "headers": {"user-agent": "other"}}),
+        ("GET", {"headers": {}}),
+    ],
+)
+def test_prepare_makes_what_build_request_makes(method: str, kwargs: dict[str, Any]) -> None:
+    client = make_client("http://127.0.0.1:9/base/", timeout=7)
+    url = resolved(client, "/api/task/query")
+    ours = client.prepare(method, url, **kwargs)
+    theirs = client.build_request(method, "/api/task/query", **kwargs)
+    assert (ours.method, ours.url, ours.content) == (theirs.method, theirs.url, theirs.content)
+    assert ours.headers.raw == theirs.headers.raw  # the same names, case, values and order
+    assert ours.extensions == theirs.extensions
+
+
 async def _echo_request(request: Request) -> Response:
     seen = {
         "path": request.url.path,

@@ -12,14 +12,14 @@ import email.utils
 import json
 import re
 import time
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import orjson
 
-from ..http import Client, TooLarge, read_capped
+from ..http import Client, TooLarge, read_capped, resolved
 from ..types import Job
 from .base import FailureKind, UpstreamError
 from .forms import refused_field
@@ -46,36 +46,44 @@ async def call(
     upstream: str,
     timeout: float,
     max_bytes: int = MAX_ANSWER_BYTES,
-    **kwargs: Any,
+    json: Any = None,
+    params: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> Answer:
-    """One HTTP call, read whole within `timeout` seconds and `max_bytes` bytes.
+    """One HTTP call, read whole within `timeout` seconds and `max_bytes` bytes. `url`
+    is best `resolved` once; `headers` are lower-case; `json`, if not None, is the body.
 
     Raises UpstreamError: TIMEOUT, CONNECTION, or MALFORMED for an answer too large.
     """
-    if "json" in kwargs:
+    content = None
+    sent = dict(headers or {})
+    if json is not None:
         # The bytes httpx would send for json= (compact, UTF-8 as it is), from orjson:
         # httpx's json.dumps with options builds an encoder on every call. Copied out, as
         # orjson's bytes sit in a 4 KiB allocation and the body is held for the whole call.
-        kwargs["content"] = memoryview(orjson.dumps(kwargs.pop("json"))).tobytes()
-        kwargs["headers"] = {**kwargs.get("headers", {}), "content-type": "application/json"}
+        content = memoryview(orjson.dumps(json)).tobytes()
+        sent["content-type"] = "application/json"
+    if not isinstance(url, httpx.URL):
+        url = resolved(client, url)
+    request = client.prepare(method, url, headers=sent, content=content, params=params)
     try:
         async with asyncio.timeout(timeout):
             # What `client.stream()` does, without its generator-based context manager (an
             # object and a generator frame less for every waiting call to hold) or the
             # layers of httpx's send that these clients do not use (Client.open).
-            resp = await client.open(client.build_request(method, url, **kwargs))
+            resp = await client.open(request)
             try:
-                headers = resp.headers
+                answered = resp.headers
                 # An answer in no content coding is read straight from the transport's
                 # stream: httpx's decoding iterators would add two async generators.
                 stream = resp.stream
                 chunks: AsyncIterable[bytes] = (
                     stream
                     if isinstance(stream, httpx.AsyncByteStream)
-                    and "content-encoding" not in headers
+                    and "content-encoding" not in answered
                     else resp.aiter_bytes()
                 )
-                body = await read_capped(chunks, max_bytes, declared=headers.get("content-length"))
+                body = await read_capped(chunks, max_bytes, declared=answered.get("content-length"))
             except TooLarge:
                 raise UpstreamError(
                     FailureKind.MALFORMED,
