@@ -10,6 +10,7 @@ import contextlib
 import gzip
 import hashlib
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.api.middleware import Front, FrontedStarlette, stamp
+from gateway.api.middleware import Front, FrontedStarlette, new_request_id, stamp
 from gateway.api.responses import ImagesJSONResponse
 from gateway.cache.entry import CachedImage, Entry
 from gateway.cache.key import KEY_VERSION, cache_key
@@ -147,6 +148,12 @@ def test_stamp_sets_or_replaces_the_request_id() -> None:
     bare: dict[str, Any] = {"type": "http.response.start"}
     stamp(bare, b"req_3")
     assert bare["headers"] == [(b"x-request-id", b"req_3")]
+
+
+def test_request_ids_look_as_before_and_do_not_repeat() -> None:
+    ids = [new_request_id() for _ in range(20_000)]
+    assert all(re.fullmatch(r"req_[0-9a-f]{24}", i) for i in ids)
+    assert len(set(ids)) == len(ids)
 
 
 async def _echo_id(request: Request) -> Response:

@@ -4,6 +4,7 @@ fake provider that is a real HTTP server on 127.0.0.1."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -50,7 +51,9 @@ async def gateway_for(tmp_path: Path) -> AsyncIterator[Callable[[str], Gateway]]
         await gateway.aclose()
 
 
-def usage(tmp_path: Path) -> list[dict[str, Any]]:
+async def usage(tmp_path: Path) -> list[dict[str, Any]]:
+    # Lines of requests that ended in one loop iteration are written at its end.
+    await asyncio.sleep(0)
     return [json.loads(line) for line in (tmp_path / "usage.jsonl").read_text().splitlines()]
 
 
@@ -80,7 +83,7 @@ async def test_a_generation_goes_through_every_stage(fake: Any, gateway_for: Any
     (call,) = fake.generation_calls()
     assert call.json["count"] == 2 and call.json["resolution"] == "2K"
     # Metered once, as an HTTP request through the same pipeline would be.
-    (line,) = usage(tmp_path)
+    (line,) = await usage(tmp_path)
     assert (line["request_id"], line["client"], line["status"], line["images"]) == (
         "req-1",
         "team-a",
@@ -112,7 +115,7 @@ async def test_a_bad_key_is_refused_and_metered(fake: Any, gateway_for: Any, tmp
     gateway = gateway_for(upstream_toml("ace", fake, ["tok-ace-0001"]) + clients())
     with pytest.raises(Unauthenticated):
         await gateway.pipeline.run(Caller(key="sk-nobody"), generation(), Context("generations"))
-    (line,) = usage(tmp_path)
+    (line,) = await usage(tmp_path)
     assert (line["client"], line["status"], line["error_code"]) == (
         "unknown",
         401,
@@ -143,7 +146,7 @@ async def test_a_client_over_its_rate_is_refused_before_its_body_is_read(
         await gateway.pipeline.run(Caller(key=KEY), body(), Context("generations"))
     assert refused.value.limit == "requests_per_minute"
     assert read == [], "the body was read although the client was known to be refused"
-    assert [line["status"] for line in usage(tmp_path)] == [200, 429, 429]
+    assert [line["status"] for line in (await usage(tmp_path))] == [200, 429, 429]
     assert len(fake.generation_calls()) == 1
 
 
@@ -172,7 +175,7 @@ async def test_a_failing_token_is_retried_and_the_attempts_come_back(
     answer = await gateway.pipeline.run(Caller(key=KEY), generation(), Context("generations"))
     result = answer.result
     assert [a.outcome for a in result.attempts] == ["auth", "ok"]
-    assert usage(tmp_path)[0]["upstream_outcomes"] == ["ace:auth", "ace:ok"]
+    assert (await usage(tmp_path))[0]["upstream_outcomes"] == ["ace:auth", "ace:ok"]
 
 
 async def test_an_upstream_refusal_comes_back_as_what_happened(
@@ -184,7 +187,7 @@ async def test_an_upstream_refusal_comes_back_as_what_happened(
         await gateway.pipeline.run(Caller(key=KEY), generation(), Context("generations"))
     assert refused.value.kind is FailureKind.SAFETY
     assert [a.outcome for a in refused.value.attempts] == ["safety"]
-    (line,) = usage(tmp_path)
+    (line,) = await usage(tmp_path)
     assert (line["status"], line["error_code"], line["attempts"]) == (
         400,
         "content_policy_violation",
@@ -205,10 +208,10 @@ async def test_a_stream_is_metered_when_its_delivery_ends(
         Caller(key=KEY), generation(stream=True), Context("generations")
     )
     assert answer.output.stream and not answer.images.done()
-    assert not (tmp_path / "usage.jsonl").exists() or usage(tmp_path) == []
+    assert not (tmp_path / "usage.jsonl").exists() or (await usage(tmp_path)) == []
     answer.images.cancel()  # the caller hung up
     answer.delivered(False)
-    (line,) = usage(tmp_path)
+    (line,) = await usage(tmp_path)
     assert line["status"] == 499
     # Its concurrency slot is free again.
     again = await gateway.pipeline.run(
@@ -216,11 +219,11 @@ async def test_a_stream_is_metered_when_its_delivery_ends(
     )
     result = await again.images
     assert len(result.images) == 1 and result.images[0].data
-    assert len(usage(tmp_path)) == 1, "metered before its delivery ended"
+    assert len(await usage(tmp_path)) == 1, "metered before its delivery ended"
     again.delivered(True)
     again.delivered(False)  # once per request, whichever end comes first
-    assert [line["status"] for line in usage(tmp_path)] == [499, 200]
-    assert usage(tmp_path)[1]["images"] == 1
+    assert [line["status"] for line in (await usage(tmp_path))] == [499, 200]
+    assert (await usage(tmp_path))[1]["images"] == 1
 
 
 async def test_a_caller_leaving_a_stream_after_its_images_were_made_is_billed_for_them(
@@ -232,7 +235,7 @@ async def test_a_caller_leaving_a_stream_after_its_images_were_made_is_billed_fo
     )
     await answer.images
     answer.delivered(False)
-    (line,) = usage(tmp_path)
+    (line,) = await usage(tmp_path)
     assert (line["status"], line["images"]) == (499, 1)
     found = metrics(gateway)
     assert (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -44,3 +45,59 @@ def test_unwritable_destination_stops_the_start(tmp_path: Path) -> None:
 )
 def test_timestamps_are_utc_with_milliseconds(wall: float, text: str) -> None:
     assert timestamp(wall) == text
+
+
+class _CountingOut:
+    """A stdout that counts the writes it is given."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def _ids(out: _CountingOut) -> list[str]:
+    return [json.loads(line)["request_id"] for line in "".join(out.writes).splitlines()]
+
+
+async def test_lines_of_one_loop_iteration_go_out_in_one_write_at_its_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = _CountingOut()
+    monkeypatch.setattr("sys.stdout", out)
+    log = UsageLog("stdout")
+    for i in range(4):  # four requests ending in one iteration
+        log.write({"request_id": f"req_{i}"})
+    assert _ids(out) == ["req_0"]  # the first at once
+    await asyncio.sleep(0)
+    assert _ids(out) == ["req_0", "req_1", "req_2", "req_3"]
+    assert len(out.writes) == 2  # the other three together
+    log.write({"request_id": "req_4"})  # a new iteration: at once again
+    assert _ids(out)[-1] == "req_4" and len(out.writes) == 3
+    log.write({"request_id": "req_5"})
+    log.close()  # what is waiting is written
+    assert _ids(out)[-1] == "req_5"
+
+
+def test_lines_wait_for_no_loop_that_has_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    out = _CountingOut()
+    monkeypatch.setattr("sys.stdout", out)
+    log = UsageLog("stdout")
+
+    async def two() -> None:
+        log.write({"request_id": "req_a"})
+        log.write({"request_id": "req_b"})  # due at the end of an iteration never run
+
+    loop = asyncio.new_event_loop()
+    loop.create_task(two())
+    loop.call_soon(loop.stop)  # stops after the batch the task's step is in
+    loop.run_forever()
+    loop.close()
+    assert _ids(out) == ["req_a"]
+    log.write({"request_id": "req_c"})  # no loop now: everything goes out at once
+    assert _ids(out) == ["req_a", "req_b", "req_c"]

@@ -8,6 +8,7 @@ validated size and the size of what was made.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
@@ -41,11 +42,22 @@ def _encode(record: Mapping[str, Any]) -> str:
 
 
 class UsageLog:
-    """Writes usage records to the configured destination: 'stdout', 'off' or a path."""
+    """Writes usage records to the configured destination: 'stdout', 'off' or a path.
+
+    The first line of an event-loop iteration is written at once; lines of other requests
+    that end in the same iteration are written together at its end (one write for all).
+    Under load a dozen requests end per iteration, and a write to a file or pipe is a
+    system call that cost more than the rest of the line (bench/RESULTS.md); a request
+    alone, as in most tests and quiet hours, still has its line out before its answer.
+    """
 
     def __init__(self, destination: str) -> None:
         self.destination = destination
         self._file: WatchedFileHandler | None = None
+        # Lines waiting for the end of the loop iteration (None: none is due; the next
+        # line goes out at once), and the loop whose iteration that is.
+        self._pending: list[str] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         if destination not in ("stdout", "off"):
             # Opened now, so a path that cannot be written stops the start, not a request.
             try:
@@ -59,18 +71,40 @@ class UsageLog:
         if self.destination == "off":
             return
         line = _encode(record)
+        if self._pending is not None:
+            assert self._loop is not None
+            if not self._loop.is_closed():
+                self._pending.append(line)  # out at the end of this iteration
+                return
+            self._flush()  # a loop that stopped before its iteration ended (tests)
+        self._emit(line)
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no event loop: every line goes out at once
+        self._pending = []
+        self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        lines, self._pending = self._pending, None
+        if lines:
+            self._emit("\n".join(lines))
+
+    def _emit(self, text: str) -> None:
+        """Write one or more lines (joined by newlines, without the last one)."""
         try:
             if self._file is not None:
                 # The handler locks, checks whether the file was rotated, writes and flushes.
-                self._file.handle(logging.makeLogRecord({"msg": line, "args": None}))
+                self._file.handle(logging.makeLogRecord({"msg": text, "args": None}))
             else:
                 # Looked up at each write, so a replaced sys.stdout (tests, daemons) is used.
-                sys.stdout.write(line + "\n")
+                sys.stdout.write(text + "\n")
                 sys.stdout.flush()
         except (OSError, ValueError):
             log.exception("usage log: could not write to %s", self.destination)
 
     def close(self) -> None:
-        """Close the file, if any."""
+        """Write what is waiting; close the file, if any."""
+        self._flush()
         if self._file is not None:
             self._file.close()
