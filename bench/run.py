@@ -840,7 +840,9 @@ OVERHEAD_WHY = (
     "{gw} ms of CPU per request against the pass-through's {pt}: the {diff} ms between is "
     "the gateway's own stages (auth, limits, parsing and checking every field, translation, "
     "the cache key and store, the pool's choice and verdict, metrics, the usage line), each a "
-    "few microseconds, with no single hot spot left (bench/RESULTS.md)"
+    "few microseconds, with no single hot spot left; counted in instructions "
+    "(bench/instructions.py) it comes closer, as its larger code and data per request run "
+    "slower per instruction (bench/RESULTS.md)"
 )
 CACHE_WHY = (
     "a hit costs {gw} ms of CPU against the pass-through's {pt} (which also calls the "

@@ -12,6 +12,9 @@ import time
 import openai
 import pytest
 
+from gateway.config import PoolConfig
+from gateway.pool.health import Health, Lease, State, Verdicts
+from gateway.upstreams.base import FailureKind, UpstreamError
 from tests.support.gateway import CLIENTS_TOML, upstream_toml
 
 # The pool tests repeat one prompt to watch tokens take turns: the identical-request
@@ -398,3 +401,31 @@ def test_sequential_traffic_is_spread_by_weight(fake_factory, gateway_factory):
         len(fake.generation_calls("a2")),
         len(other.generation_calls("x1")),
     ] == [6, 6, 4]
+
+
+@pytest.mark.parametrize(
+    ("kind", "token_after"),
+    [
+        (FailureKind.SERVER_ERROR, State.BROKEN),
+        (FailureKind.TIMEOUT, State.BROKEN),
+        (FailureKind.MALFORMED, State.BROKEN),
+        # A provider restarting refuses new connections while it finishes the calls it has:
+        # a refused connection is no sign of a bad token.
+        (FailureKind.CONNECTION, State.OK),
+    ],
+)
+def test_failures_while_a_sibling_succeeds_break_the_token_unless_a_connection_failed(
+    kind: FailureKind, token_after: State
+) -> None:
+    cfg = PoolConfig(breaker_threshold=3, upstream_breaker_threshold=100)
+    verdicts = Verdicts(cfg, ())
+    token, sibling, upstream = Health(), Health(), Health()
+    names = ("up", "t-1")
+    err = UpstreamError(kind, "up: failed")
+    verdicts.failed(token, upstream, err, Lease(), 10.0, names)
+    verdicts.succeeded(sibling, upstream, Lease(), 10.5, names)  # the sibling answers
+    verdicts.failed(token, upstream, err, Lease(), 11.0, names)
+    verdicts.failed(token, upstream, err, Lease(), 12.0, names)
+    assert token.failures == 3
+    assert token.state is token_after
+    assert upstream.state is State.OK  # three in a row is far from its threshold

@@ -5,7 +5,8 @@ outcome brings. Failures are blamed on what explains them:
     token     --429--> cooling --retry-after / backoff--> ok
     upstream  --N provider failures in a row--> broken --probe_interval, doubling up to
               breaker_seconds--> (one trial at a time) --ok--> ok
-    token     --M provider failures in a row while its siblings succeed--> broken (as above)
+    token     --M provider failures in a row while its siblings succeed (not failed
+              connections, which say nothing of a token)--> broken (as above)
 
 Provider failures (5xx, timeouts, refused or reset connections, unreadable answers) say
 nothing about a token when every token of the upstream sees them: a blip of the provider
@@ -258,9 +259,15 @@ class Verdicts:
         if token.state is State.BROKEN:
             if lease.token_trial:
                 token.trial_failed(now, cfg)
-        elif token.failures >= cfg.breaker_threshold and upstream.last_ok > token.streak_start:
+        elif (
+            kind is not FailureKind.CONNECTION
+            and token.failures >= cfg.breaker_threshold
+            and upstream.last_ok > token.streak_start
+        ):
             # Another token of this upstream succeeded while this one kept failing: the
-            # token is what explains it.
+            # token is what explains it. Not a connection that failed, though: that says
+            # nothing of the token sent over it (a provider restarting refuses new
+            # connections while it finishes the calls it has, on whichever tokens).
             token.trip(now, cfg)
             log.warning(
                 "token broken: upstream=%s token=%s after %d failures while its siblings "
