@@ -94,10 +94,11 @@ def test_lines_wait_for_no_loop_that_has_stopped(monkeypatch: pytest.MonkeyPatch
         log.write({"request_id": "req_b"})  # due at the end of an iteration never run
 
     loop = asyncio.new_event_loop()
-    loop.create_task(two())
+    task = loop.create_task(two())
     loop.call_soon(loop.stop)  # stops after the batch the task's step is in
     loop.run_forever()
     loop.close()
+    assert task.done()
     assert _ids(out) == ["req_a"]
     log.write({"request_id": "req_c"})  # no loop now: everything goes out at once
     assert _ids(out) == ["req_a", "req_b", "req_c"]
