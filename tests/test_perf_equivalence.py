@@ -287,24 +287,31 @@ async def test_light_event_behaves_as_asyncio_event(make: Any) -> None:
     assert await asyncio.wait_for(event.wait(), 1) is True
 
 
-def test_each_request_waits_on_a_light_event() -> None:
-    app = Starlette(routes=[Route("/x", _echo_body, methods=["POST"])])
-    config = uvicorn.Config(app, port=0, http=protocol_with(ReadLimits()), log_level="error")
-    server = uvicorn.Server(config)
+@contextlib.contextmanager
+def _serving(app: Starlette, **options: Any) -> Iterator[str]:
+    """`app` under uvicorn (with `options`) in a thread, on a free port: its base URL."""
+    server = uvicorn.Server(uvicorn.Config(app, port=0, log_level="error", **options))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
         while not server.started:
             time.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
-            for body in (b"", b"x" * 10, b"y" * 200_000):  # the last one in several reads
-                answer = client.post("/x", content=body)
-                assert answer.content == body
-                assert answer.headers["x-event"] == "LightEvent"
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_each_request_waits_on_a_light_event() -> None:
+    app = Starlette(routes=[Route("/x", _echo_body, methods=["POST"])])
+    with (
+        _serving(app, http=protocol_with(ReadLimits())) as url,
+        httpx.Client(base_url=url) as client,
+    ):
+        for body in (b"", b"x" * 10, b"y" * 200_000):  # the last one in several reads
+            answer = client.post("/x", content=body)
+            assert answer.content == body
+            assert answer.headers["x-event"] == "LightEvent"
 
 
 async def _echo_body(request: Request) -> Response:
@@ -361,23 +368,10 @@ async def _echo_request(request: Request) -> Response:
     return JSONResponse({**seen, "headers": headers}, status_code=201, headers={"x-a": "1"})
 
 
-@contextlib.contextmanager
-def _serving(app: Starlette) -> Iterator[str]:
-    server = uvicorn.Server(uvicorn.Config(app, port=0, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        while not server.started:
-            time.sleep(0.01)
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}/base"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
 async def test_open_sends_and_answers_as_httpx_send_does() -> None:
     app = Starlette(routes=[Route("/base/{rest:path}", _echo_request, methods=["GET", "POST"])])
-    with _serving(app) as base:
+    with _serving(app) as root:
+        base = root + "/base"
         client = make_client(base, timeout=5)
         try:
             url = resolved(client, "/api/task/query")
@@ -422,7 +416,8 @@ async def _coded(request: Request) -> Response:
 @pytest.mark.parametrize("coding", ["identity", "gzip"])
 async def test_call_reads_answers_in_any_content_coding(coding: str) -> None:
     app = Starlette(routes=[Route("/base/{coding}", _coded)])
-    with _serving(app) as base:
+    with _serving(app) as root:
+        base = root + "/base"
         client = make_client(base, timeout=5)
         try:
             answer = await call(client, "GET", f"/{coding}", upstream="x", timeout=5)

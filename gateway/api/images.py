@@ -56,8 +56,8 @@ class _Endpoint:
     """One image endpoint as a bare ASGI app. Starlette wraps a function endpoint in two
     more layers (a closure each, and one per message sent, to look up exception handlers):
     three coroutine frames that every waiting request would hold, and a little CPU for
-    every request. A domain error is answered here; anything else goes on to the app's
-    handlers as before."""
+    every request. A domain error is answered here; anything else is answered by the
+    middleware that calls it (api/middleware.py `Front`), which also stamps the request id."""
 
     __slots__ = ("endpoint", "endpoints")
 
